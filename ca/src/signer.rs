@@ -1,0 +1,92 @@
+//! The signing key the CA is given.
+
+use std::fmt;
+
+/// Failure inside a [`Signer`]. The CA does not interpret it; the caller that
+/// chose the signer downcasts it (the appliance maps token errors to
+/// `token_unavailable` and so on).
+pub type SignerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Signature algorithms a CA key can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SignatureAlgorithm {
+    /// ECDSA on NIST P-256 over SHA-256 (`ecdsa-with-SHA256`, RFC 5758).
+    EcdsaP256Sha256,
+    /// Pure Ed25519 (RFC 8410).
+    Ed25519,
+}
+
+impl fmt::Display for SignatureAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::EcdsaP256Sha256 => "ecdsa-p256-sha256",
+            Self::Ed25519 => "ed25519",
+        })
+    }
+}
+
+/// A private key that signs on the CA's behalf without revealing itself.
+///
+/// `sign` receives the exact bytes to be signed (a DER TBSCertificate or
+/// TBSCertList) and returns the value that goes into the signature BIT
+/// STRING: a DER `ECDSA-Sig-Value` for ECDSA, the raw 64 bytes for Ed25519.
+/// Hashing, where the algorithm needs it, is the signer's job.
+pub trait Signer: Send + Sync {
+    /// The algorithm this key signs with.
+    fn algorithm(&self) -> SignatureAlgorithm;
+
+    /// The raw public key: the uncompressed SEC1 point for P-256, the 32
+    /// bytes for Ed25519 (the content of the SubjectPublicKeyInfo BIT STRING).
+    fn public_key_raw(&self) -> &[u8];
+
+    /// Sign `message`; see the trait documentation for the encoding.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignerError>;
+}
+
+/// Adapter that lets `rcgen` build certificates and CRLs with any [`Signer`],
+/// so the private key is used only through the signer.
+pub struct RcgenSigner<'a, S: Signer + ?Sized> {
+    inner: &'a S,
+    last_error: std::sync::Mutex<Option<SignerError>>,
+}
+
+impl<'a, S: Signer + ?Sized> RcgenSigner<'a, S> {
+    /// Wrap `signer` for one or more rcgen calls.
+    pub fn new(signer: &'a S) -> Self {
+        Self {
+            inner: signer,
+            last_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The signer's own error behind the last `rcgen::Error::RemoteKeyError`,
+    /// which rcgen itself cannot carry.
+    pub fn take_error(&self) -> Option<SignerError> {
+        self.last_error.lock().ok().and_then(|mut e| e.take())
+    }
+}
+
+impl<S: Signer + ?Sized> rcgen::PublicKeyData for RcgenSigner<'_, S> {
+    fn der_bytes(&self) -> &[u8] {
+        self.inner.public_key_raw()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self.inner.algorithm() {
+            SignatureAlgorithm::EcdsaP256Sha256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            SignatureAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
+        }
+    }
+}
+
+impl<S: Signer + ?Sized> rcgen::SigningKey for RcgenSigner<'_, S> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.inner.sign(msg).map_err(|e| {
+            if let Ok(mut slot) = self.last_error.lock() {
+                *slot = Some(e);
+            }
+            rcgen::Error::RemoteKeyError
+        })
+    }
+}

@@ -1,0 +1,219 @@
+//! `kmsd.toml`: the appliance configuration.
+//!
+//! Relative paths are resolved against the directory of the config file, so a
+//! quickstart directory can be moved as a whole. The user PIN is never in this
+//! file: `token.pin_file` or `token.pin_env` says where to read it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The PKCS#11 token.
+    pub token: TokenConfig,
+    /// Listening addresses.
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// `[token]`: which PKCS#11 module and token, and how the session pool behaves.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Path of the PKCS#11 module (shared library).
+    pub module: PathBuf,
+    /// Label of the token to use.
+    pub label: String,
+    /// File holding the user PIN (mode 0600 or stricter, owned by the service user).
+    pub pin_file: Option<PathBuf>,
+    /// Name of an environment variable holding the user PIN (instead of `pin_file`).
+    pub pin_env: Option<String>,
+    /// Number of sessions kept open and shared by all requests.
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: usize,
+    /// How many times an operation is retried after a lost session or token.
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    /// Pause before retrying after the token itself went away (grows linearly per attempt).
+    #[serde(default = "defaults::retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Longest wait for a free session before `token_unavailable`.
+    #[serde(default = "defaults::acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+    /// Environment variables the module reads at load (e.g. `SOFTHSM2_CONF`),
+    /// set by the binaries before any thread starts.
+    #[serde(default)]
+    pub module_env: BTreeMap<String, String>,
+}
+
+/// `[server]`: listening addresses.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The mTLS API (stations, officers).
+    #[serde(default = "defaults::api_listen")]
+    pub api_listen: SocketAddr,
+    /// The plain-HTTP, read-only publication port (CRLs, OCSP, chain, health).
+    #[serde(default = "defaults::publication_listen")]
+    pub publication_listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_listen: defaults::api_listen(),
+            publication_listen: defaults::publication_listen(),
+        }
+    }
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+
+    pub fn pool_size() -> usize {
+        4
+    }
+    pub fn retries() -> u32 {
+        3
+    }
+    pub fn retry_backoff_ms() -> u64 {
+        100
+    }
+    pub fn acquire_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn api_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8443))
+    }
+    pub fn publication_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+}
+
+/// Largest pool we accept; more sessions than this buys nothing on a 2-core
+/// appliance and may exhaust an HSM's session table.
+pub const MAX_POOL_SIZE: usize = 256;
+
+impl Config {
+    /// Read, parse and validate `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|reason| Error::Config {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Parse `text`, resolving relative paths against `base`.
+    pub fn parse(text: &str, base: &Path) -> std::result::Result<Self, String> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.token.validate()?;
+        cfg.token.module = resolve(base, &cfg.token.module);
+        if let Some(p) = &cfg.token.pin_file {
+            cfg.token.pin_file = Some(resolve(base, p));
+        }
+        Ok(cfg)
+    }
+}
+
+impl TokenConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.label.is_empty() || self.label.len() > 32 {
+            return Err("token.label must be 1 to 32 bytes (the PKCS#11 label field)".into());
+        }
+        match (&self.pin_file, &self.pin_env) {
+            (Some(_), Some(_)) => {
+                return Err("set only one of token.pin_file and token.pin_env".into());
+            }
+            (None, None) => {
+                return Err(
+                    "set token.pin_file or token.pin_env (the PIN itself never goes in this file)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
+            return Err(format!("token.pool_size must be 1 to {MAX_POOL_SIZE}"));
+        }
+        if self.retries > 10 {
+            return Err("token.retries must be at most 10".into());
+        }
+        Ok(())
+    }
+
+    /// Set `module_env` in this process's environment.
+    ///
+    /// Call from `main` before any thread is spawned: the module reads these
+    /// variables at `C_Initialize`, and changing the environment while other
+    /// threads run is not safe.
+    pub fn apply_module_env(&self) {
+        for (k, v) in &self.module_env {
+            std::env::set_var(k, v);
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[token]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+label = "vbus-kms"
+pin_file = "pin"
+"#;
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let cfg = Config::parse(GOOD, Path::new("/etc/vbus")).unwrap();
+        assert_eq!(
+            cfg.token.pin_file.as_deref(),
+            Some(Path::new("/etc/vbus/pin"))
+        );
+        assert_eq!(cfg.token.pool_size, 4);
+        assert_eq!(cfg.server.publication_listen.port(), 8080);
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let cases: &[(&str, &str)] = &[
+            ("pin_file = \"pin\"", "token.pin_file or token.pin_env"),
+            ("pin_env = \"X\"", "only one of"),
+            ("pool_size = 0", "pool_size must be 1 to 256"),
+            ("pool_size = 1000", "pool_size must be 1 to 256"),
+            ("pin = \"1234\"", "unknown field `pin`"),
+            ("retries = 99", "retries must be at most 10"),
+        ];
+        for (edit, want) in cases {
+            // Each row edits the good file in one place.
+            let text = if edit.starts_with("pin_file") {
+                GOOD.replace("pin_file = \"pin\"\n", "")
+            } else {
+                format!("{GOOD}{edit}\n")
+            };
+            let err = Config::parse(&text, Path::new("/")).unwrap_err();
+            assert!(err.contains(want), "{edit}: got {err}");
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The one error type of the `kms` library.
+//!
+//! Every variant names what went wrong and, where the operator can act, what
+//! to do. No variant ever carries a PIN or key material. [`Error::code`] gives
+//! the stable snake_case code that the API and the audit log use; the mapping
+//! to HTTP status lives in one place, [`Error::http_status`].
+
+use std::path::PathBuf;
+
+use cryptoki::context::Function;
+use cryptoki::error::RvError;
+
+/// Result alias for the `kms` crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the appliance library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration file could not be read or is invalid.
+    #[error("configuration {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in words an operator can act on.
+        reason: String,
+    },
+
+    /// The PIN source is missing, unreadable or unsafe.
+    #[error("user PIN: {reason}")]
+    PinSource {
+        /// What is wrong and what to do; never the PIN itself.
+        reason: String,
+    },
+
+    /// The PKCS#11 module could not be loaded.
+    #[error(
+        "cannot load PKCS#11 module {path}: {reason} (check token.module: it must be a \
+         PKCS#11 library such as /usr/lib/softhsm/libsofthsm2.so)"
+    )]
+    ModuleLoad {
+        /// The configured module path.
+        path: PathBuf,
+        /// The loader's complaint.
+        reason: String,
+    },
+
+    /// No slot holds an initialised token with the configured label.
+    #[error(
+        "no token labelled {label:?} in module {module} (tokens present: {present}); \
+         check token.label, or create the token (kmsctl quickstart does it for SoftHSM2)"
+    )]
+    TokenNotFound {
+        /// The configured label.
+        label: String,
+        /// The module searched.
+        module: PathBuf,
+        /// Labels of the tokens that were found, comma-separated, or "none".
+        present: String,
+    },
+
+    /// The token refused the user PIN. Never retried: tokens lock the PIN
+    /// after a few failures.
+    #[error(
+        "token {label:?} refused the user PIN ({rv}); check the PIN file or variable. \
+         The appliance will not try again until restarted, so the PIN does not lock",
+        rv = rv_name(rv)
+    )]
+    PinRejected {
+        /// Token label.
+        label: String,
+        /// The token's answer (CKR_PIN_INCORRECT, CKR_PIN_LOCKED, …).
+        rv: RvError,
+    },
+
+    /// The token is unreachable or keeps losing sessions, after bounded
+    /// retries. The service keeps running and tries again on the next call.
+    #[error(
+        "token {label:?} unavailable: {function} failed with {rv} after {attempts} attempt(s)"
+    )]
+    TokenUnavailable {
+        /// Token label.
+        label: String,
+        /// The PKCS#11 function that failed last.
+        function: Function,
+        /// Its return value.
+        rv: RvError,
+        /// How many times the operation was tried.
+        attempts: u32,
+    },
+
+    /// No session came free within the pool's wait limit.
+    #[error(
+        "all {size} token sessions busy for {waited_ms} ms; raise token.pool_size or lower load"
+    )]
+    PoolExhausted {
+        /// Pool size.
+        size: usize,
+        /// How long the caller waited.
+        waited_ms: u64,
+    },
+
+    /// No key with that label and class is on the token.
+    #[error("no {class} key labelled {label:?} on the token; list keys with `kmsctl status`")]
+    KeyNotFound {
+        /// The label looked for.
+        label: String,
+        /// "private", "public" or "secret".
+        class: &'static str,
+    },
+
+    /// The key exists but cannot do what was asked (wrong type or usage).
+    #[error("key {label:?} cannot be used here: {reason}")]
+    WrongKeyType {
+        /// The key's label.
+        label: String,
+        /// What was expected and what was found.
+        reason: String,
+    },
+
+    /// A key with this label already exists; labels are unique on our token.
+    #[error("a key labelled {label:?} already exists on the token; pick another label")]
+    KeyExists {
+        /// The label.
+        label: String,
+    },
+
+    /// Decryption or unwrapping failed its integrity check: the ciphertext
+    /// was altered, or the associated data or key is not the one used to seal it.
+    #[error(
+        "integrity check failed in {function}: ciphertext altered, or wrong key or associated data"
+    )]
+    IntegrityCheckFailed {
+        /// C_Decrypt or C_UnwrapKey.
+        function: Function,
+    },
+
+    /// A caller-supplied argument is invalid (not from the token).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// The token answered in a way PKCS#11 does not allow (a malformed
+    /// signature, a missing attribute).
+    #[error("token returned something unexpected: {0}")]
+    TokenProtocol(String),
+
+    /// Any other PKCS#11 failure.
+    #[error("{function} failed: {rv}", function = fn_name(function), rv = rv_name(rv))]
+    Pkcs11 {
+        /// The function.
+        function: Function,
+        /// Its return value.
+        rv: RvError,
+    },
+
+    /// A file the appliance manages could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A broken internal invariant; a bug, reported instead of panicking.
+    #[error("internal error: {0}")]
+    Unreachable(&'static str),
+}
+
+impl Error {
+    /// The stable snake_case code used in API errors and audit records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config_invalid",
+            Error::PinSource { .. } => "pin_unavailable",
+            Error::ModuleLoad { .. } | Error::TokenNotFound { .. } => "token_unavailable",
+            Error::PinRejected { .. } => "token_pin_rejected",
+            Error::TokenUnavailable { .. } | Error::PoolExhausted { .. } => "token_unavailable",
+            Error::KeyNotFound { .. } => "key_not_found",
+            Error::WrongKeyType { .. } => "key_wrong_type",
+            Error::KeyExists { .. } => "key_exists",
+            Error::IntegrityCheckFailed { .. } => "integrity_check_failed",
+            Error::InvalidInput(_) => "invalid_input",
+            Error::TokenProtocol(_) | Error::Pkcs11 { .. } => "token_error",
+            Error::Io { .. } => "storage_unavailable",
+            Error::Unreachable(_) => "internal_error",
+        }
+    }
+
+    /// The HTTP status for this error: the one place that decides it.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::InvalidInput(_) | Error::IntegrityCheckFailed { .. } => 400,
+            Error::KeyNotFound { .. } => 404,
+            Error::KeyExists { .. } | Error::WrongKeyType { .. } => 409,
+            Error::ModuleLoad { .. }
+            | Error::TokenNotFound { .. }
+            | Error::PinRejected { .. }
+            | Error::TokenUnavailable { .. }
+            | Error::PoolExhausted { .. }
+            | Error::Io { .. } => 503,
+            Error::Config { .. }
+            | Error::PinSource { .. }
+            | Error::TokenProtocol(_)
+            | Error::Pkcs11 { .. }
+            | Error::Unreachable(_) => 500,
+        }
+    }
+}
+
+/// `CKR_PIN_INCORRECT` rather than cryptoki's prose: the name an operator
+/// can look up in the PKCS#11 specification or the HSM's manual.
+pub fn rv_name(rv: &RvError) -> String {
+    let mut out = String::from("CKR");
+    for c in format!("{rv:?}").chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// `C_UnwrapKey` rather than `Function::UnwrapKey`.
+pub fn fn_name(function: &Function) -> String {
+    let debug = format!("{function:?}");
+    format!("C_{}", debug.rsplit("::").next().unwrap_or(&debug))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkcs11_names_are_the_specification_names() {
+        assert_eq!(rv_name(&RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+        assert_eq!(
+            rv_name(&RvError::SessionHandleInvalid),
+            "CKR_SESSION_HANDLE_INVALID"
+        );
+        assert_eq!(fn_name(&Function::UnwrapKey), "C_UnwrapKey");
+    }
+}

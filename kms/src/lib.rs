@@ -1,0 +1,17 @@
+//! vBus KMS appliance library: PKCS#11 token access, configuration and the
+//! HTTP service. The binaries `kmsd` and `kmsctl` are thin layers over it.
+//!
+//! This is the only crate that links `cryptoki` and `axum`; the pure crates
+//! (`ca`, `audit`, `escrow`, `policies`) reach the token through the traits
+//! implemented in [`token`].
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod pin;
+pub mod quickstart;
+pub mod token;
+
+pub use error::{Error, Result};

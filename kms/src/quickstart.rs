@@ -1,0 +1,202 @@
+//! `kmsctl quickstart DIR`: a self-contained development appliance.
+//!
+//! Creates in DIR a SoftHSM2 configuration and token directory, initialises a
+//! token through PKCS#11 (`C_InitToken`, `C_InitPIN`) with random SO and user
+//! PINs kept in 0600 files, and writes `DIR/kmsd.toml`. Running it again on a
+//! complete DIR changes nothing. The CA hierarchy and the officer and station
+//! credentials join it with the CA and service issues.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::UserType;
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pin::load_pin;
+use crate::token::Token;
+
+/// Where Debian puts SoftHSM2.
+pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// Label of the quickstart token.
+pub const TOKEN_LABEL: &str = "vbus-kms";
+
+/// Choices for `kmsctl quickstart`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// mTLS API address written to the config.
+    pub api: SocketAddr,
+    /// Publication address written to the config.
+    pub publication: SocketAddr,
+    /// PKCS#11 module (SoftHSM2).
+    pub module: PathBuf,
+}
+
+/// What quickstart did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The config file to give `kmsd --config`.
+    pub config: PathBuf,
+    /// False when DIR was already complete and nothing was changed.
+    pub created: bool,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Set up DIR, or confirm it is already set up. The caller must have put
+/// `SOFTHSM2_CONF` for DIR in the environment first: see [`softhsm_conf_path`].
+pub fn run(dir: &Path, opts: &Options) -> Result<Outcome> {
+    let config = dir.join("kmsd.toml");
+    if config.exists() {
+        // Already set up: prove it works rather than trust it.
+        let cfg = Config::load(&config)?;
+        let pin = load_pin(&cfg.token)?;
+        Token::open(&cfg.token, pin)?;
+        return Ok(Outcome {
+            config,
+            created: false,
+        });
+    }
+    let tokens = dir.join("tokens");
+    if tokens.exists() && fs::read_dir(&tokens).map_err(io(&tokens))?.next().is_some() {
+        return Err(Error::Config {
+            path: config,
+            reason: format!(
+                "{} holds a token but no kmsd.toml: a quickstart was interrupted; remove {} and run it again",
+                tokens.display(),
+                dir.display()
+            ),
+        });
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&tokens)
+        .map_err(io(&tokens))?;
+    let conf = softhsm_conf_path(dir);
+    write_file(
+        &conf,
+        format!(
+            "# SoftHSM2 token store of this quickstart appliance\n\
+             directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        )
+        .as_bytes(),
+        0o600,
+    )?;
+
+    let so_pin = random_pin()?;
+    let user_pin = random_pin()?;
+    init_token(&opts.module, &so_pin, &user_pin)?;
+    write_file(&dir.join("so-pin"), so_pin.as_bytes(), 0o600)?;
+    write_file(&dir.join("pin"), user_pin.as_bytes(), 0o600)?;
+
+    let toml = format!(
+        "# Written by `kmsctl quickstart`: a self-contained development appliance.\n\
+         [token]\nmodule = {module:?}\nlabel = {TOKEN_LABEL:?}\npin_file = \"pin\"\npool_size = 4\n\n\
+         [token.module_env]\nSOFTHSM2_CONF = {conf:?}\n\n\
+         [server]\napi_listen = \"{api}\"\npublication_listen = \"{publication}\"\n",
+        module = opts.module.display().to_string(),
+        conf = conf.display().to_string(),
+        api = opts.api,
+        publication = opts.publication,
+    );
+    // The config is written last: its presence means "complete".
+    write_file(&config, toml.as_bytes(), 0o644)?;
+    Ok(Outcome {
+        config,
+        created: true,
+    })
+}
+
+/// The SoftHSM2 config file of a quickstart DIR (absolute when DIR is).
+pub fn softhsm_conf_path(dir: &Path) -> PathBuf {
+    dir.join("softhsm2.conf")
+}
+
+fn init_token(module: &Path, so_pin: &str, user_pin: &str) -> Result<()> {
+    let pkcs11 = Pkcs11::new(module).map_err(|e| Error::ModuleLoad {
+        path: module.to_owned(),
+        reason: e.to_string(),
+    })?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(pkcs(e)),
+    }
+    let free = pkcs11
+        .get_slots_with_token()
+        .map_err(pkcs)?
+        .into_iter()
+        .find(|s| {
+            pkcs11
+                .get_token_info(*s)
+                .map(|t| !t.token_initialized())
+                .unwrap_or(false)
+        })
+        .ok_or_else(|| Error::TokenNotFound {
+            label: "(an uninitialised slot)".into(),
+            module: module.to_owned(),
+            present: "no free slot".into(),
+        })?;
+    let so = SecretString::from(so_pin.to_owned());
+    let user = SecretString::from(user_pin.to_owned());
+    pkcs11.init_token(free, &so, TOKEN_LABEL).map_err(pkcs)?;
+    // SoftHSM2 renumbers a slot once its token is initialised: look again.
+    let slot = pkcs11
+        .get_slots_with_token()
+        .map_err(pkcs)?
+        .into_iter()
+        .find(|s| {
+            pkcs11
+                .get_token_info(*s)
+                .map(|t| t.token_initialized() && t.label().trim_end() == TOKEN_LABEL)
+                .unwrap_or(false)
+        })
+        .ok_or(Error::Unreachable("token vanished right after C_InitToken"))?;
+    let session = pkcs11.open_rw_session(slot).map_err(pkcs)?;
+    session.login(UserType::So, Some(&so)).map_err(pkcs)?;
+    session.init_pin(&user).map_err(pkcs)?;
+    session.logout().map_err(pkcs)?;
+    Ok(())
+}
+
+fn pkcs(e: CkError) -> Error {
+    match e {
+        CkError::Pkcs11(rv, function) => Error::Pkcs11 { function, rv },
+        other => Error::TokenProtocol(other.to_string()),
+    }
+}
+
+/// 128 random bits from the kernel, as 32 hex digits.
+fn random_pin() -> Result<Zeroizing<String>> {
+    let path = Path::new("/dev/urandom");
+    let mut bytes = Zeroizing::new([0u8; 16]);
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(bytes.as_mut()))
+        .map_err(io(path))?;
+    Ok(Zeroizing::new(hex::encode(bytes.as_ref())))
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(path))
+}

@@ -1,0 +1,296 @@
+//! The PKCS#11 token: the only place the appliance touches key material.
+//!
+//! [`Token`] is a thin facade. Sessions, logins and recovery live in `pool`,
+//! key generation and lookup in `keys`, the operations in `ops`, URIs in
+//! `uri`. Every public method is safe to call from many threads at once; each
+//! call leases one pooled session for its duration and blocks the calling
+//! thread, so async code calls it from `spawn_blocking`.
+
+mod keys;
+mod ops;
+mod pool;
+mod signers;
+mod uri;
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use cryptoki::context::Pkcs11;
+use cryptoki::object::Attribute;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+pub use keys::{AesUsage, Extractable, KeyAlgorithm, KeyClass, KeyInfo, KeyPairKind};
+pub use ops::{PublicKey, Sealed, GCM_IV_LEN};
+pub use signers::{TokenCheckpointSigner, TokenKeyWrapper, TokenSigner};
+pub use uri::object_uri;
+
+use crate::config::TokenConfig;
+use crate::error::{Error, Result};
+use keys::FoundKey;
+use pool::{ck, Pool, PoolSettings};
+
+/// A logged-in PKCS#11 token with a pool of sessions.
+pub struct Token {
+    pool: Pool,
+    /// Object handles by class and label; handles are valid in every session
+    /// of the application, so looking a key up once per process is enough.
+    /// Cleared when the pool finds a handle stale or the token came back.
+    keys: RwLock<[HashMap<String, FoundKey>; 3]>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("label", &self.pool.label())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// Load the module, initialise it, find the token by label and log in.
+    ///
+    /// Fails with a precise error if the module is not a PKCS#11 library, the
+    /// token is absent or the PIN is refused. `pin` is dropped (zeroized)
+    /// with the token.
+    pub fn open(cfg: &TokenConfig, pin: SecretString) -> Result<Self> {
+        let pkcs11 = Pkcs11::new(&cfg.module).map_err(|e| Error::ModuleLoad {
+            path: cfg.module.clone(),
+            reason: e.to_string(),
+        })?;
+        let settings = PoolSettings {
+            label: cfg.label.clone(),
+            module: cfg.module.clone(),
+            size: cfg.pool_size,
+            retries: cfg.retries,
+            backoff: Duration::from_millis(cfg.retry_backoff_ms),
+            acquire_timeout: Duration::from_millis(cfg.acquire_timeout_ms),
+        };
+        Ok(Token {
+            pool: Pool::open(pkcs11, pin, settings)?,
+            keys: RwLock::new(Default::default()),
+        })
+    }
+
+    /// The token's label.
+    pub fn label(&self) -> &str {
+        self.pool.label()
+    }
+
+    /// The loaded PKCS#11 library. An escape hatch for benchmarks and fault
+    /// tests that must reach the module beside the pool; the service never
+    /// uses it.
+    pub fn pkcs11(&self) -> &Pkcs11 {
+        self.pool.pkcs11()
+    }
+
+    /// The slot the token is in now.
+    pub fn slot(&self) -> Result<Slot> {
+        self.pool.slot()
+    }
+
+    fn forget_handles(&self) {
+        if let Ok(mut k) = self.keys.write() {
+            k.iter_mut().for_each(HashMap::clear);
+        }
+    }
+
+    /// Run `op` on a pooled session with recovery (see `pool`).
+    fn run<T>(&self, op: impl FnMut(&Session) -> Result<T>) -> Result<T> {
+        self.pool.run(op, || self.forget_handles())
+    }
+
+    /// Look up a key, through the handle cache.
+    fn find(&self, session: &Session, label: &str, class: KeyClass) -> Result<FoundKey> {
+        let slot = class as usize;
+        if let Some(found) = self
+            .keys
+            .read()
+            .ok()
+            .and_then(|k| k[slot].get(label).copied())
+        {
+            return Ok(found);
+        }
+        let found = keys::find(session, label, class)?;
+        if let Ok(mut k) = self.keys.write() {
+            k[slot].insert(label.to_owned(), found);
+        }
+        Ok(found)
+    }
+
+    fn ensure_absent(&self, session: &Session, label: &str, class: KeyClass) -> Result<()> {
+        match keys::find(session, label, class) {
+            Err(Error::KeyNotFound { .. }) => Ok(()),
+            Ok(_) | Err(Error::WrongKeyType { .. }) => Err(Error::KeyExists {
+                label: label.to_owned(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Generate a key pair in the token (see `keys` for its attributes) and
+    /// return what the token says about the private key.
+    pub fn generate_key_pair(&self, kind: KeyPairKind, label: &str) -> Result<KeyInfo> {
+        check_label(label)?;
+        let id = self.random(keys::ID_LEN)?;
+        self.run(|s| {
+            self.ensure_absent(s, label, KeyClass::Private)?;
+            let (_, private) = keys::generate_key_pair(s, kind, label, &id)?;
+            keys::info(s, self.label(), private)
+        })
+    }
+
+    /// Generate an AES-256 key for one usage and return its attributes.
+    pub fn generate_aes_key(
+        &self,
+        usage: AesUsage,
+        extractable: Extractable,
+        label: &str,
+    ) -> Result<KeyInfo> {
+        check_label(label)?;
+        let id = self.random(keys::ID_LEN)?;
+        self.run(|s| {
+            self.ensure_absent(s, label, KeyClass::Secret)?;
+            let key = keys::generate_aes(s, usage, extractable, label, &id)?;
+            keys::info(s, self.label(), key)
+        })
+    }
+
+    /// Attributes of the key of `class` labelled `label`.
+    pub fn key_info(&self, label: &str, class: KeyClass) -> Result<KeyInfo> {
+        self.run(|s| {
+            let k = self.find(s, label, class)?;
+            keys::info(s, self.label(), k.handle)
+        })
+    }
+
+    /// Every private and secret key on the token.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        self.run(|s| {
+            keys::all_keys(s)?
+                .into_iter()
+                .map(|h| keys::info(s, self.label(), h))
+                .collect()
+        })
+    }
+
+    /// Number of private and secret keys on the token (for health checks).
+    pub fn key_count(&self) -> Result<usize> {
+        self.run(|s| Ok(keys::all_keys(s)?.len()))
+    }
+
+    /// The public half of the key pair labelled `label`.
+    pub fn public_key(&self, label: &str) -> Result<PublicKey> {
+        self.run(|s| {
+            let k = self.find(s, label, KeyClass::Public)?;
+            ops::public_key(s, k.handle, k.algorithm, label)
+        })
+    }
+
+    /// Sign `message` with the private key labelled `label`: ECDSA P-256 over
+    /// SHA-256 (DER `ECDSA-Sig-Value`) or pure Ed25519 (64 bytes).
+    pub fn sign(&self, label: &str, message: &[u8]) -> Result<Vec<u8>> {
+        self.run(|s| {
+            let k = self.find(s, label, KeyClass::Private)?;
+            ops::sign(s, k.handle, k.algorithm, label, message)
+        })
+    }
+
+    /// Wrap the secret key `key_label` under `wrapping_label` with AES key
+    /// wrap with padding (RFC 5649).
+    pub fn wrap_key(&self, wrapping_label: &str, key_label: &str) -> Result<Vec<u8>> {
+        self.run(|s| {
+            let w = self.find(s, wrapping_label, KeyClass::Secret)?;
+            let k = self.find(s, key_label, KeyClass::Secret)?;
+            ops::wrap(s, (w.handle, w.algorithm, wrapping_label), k.handle)
+        })
+    }
+
+    /// Unwrap an AES key wrapped by [`Token::wrap_key`] into a new token key
+    /// labelled `label`, sensitive and never extractable, for `usage`.
+    pub fn unwrap_aes_key(
+        &self,
+        wrapping_label: &str,
+        blob: &[u8],
+        usage: AesUsage,
+        label: &str,
+    ) -> Result<KeyInfo> {
+        check_label(label)?;
+        let id = self.random(keys::ID_LEN)?;
+        let wrap = usage == AesUsage::Wrap;
+        self.run(|s| {
+            self.ensure_absent(s, label, KeyClass::Secret)?;
+            let w = self.find(s, wrapping_label, KeyClass::Secret)?;
+            let template = [
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(id.clone()),
+                Attribute::Wrap(wrap),
+                Attribute::Unwrap(wrap),
+                Attribute::Encrypt(!wrap),
+                Attribute::Decrypt(!wrap),
+            ];
+            let h = ops::unwrap_aes(s, (w.handle, w.algorithm, wrapping_label), blob, &template)?;
+            keys::info(s, self.label(), h)
+        })
+    }
+
+    /// AES-256-GCM encrypt with a fresh random nonce from the token RNG.
+    pub fn gcm_encrypt(&self, key_label: &str, aad: &[u8], plaintext: &[u8]) -> Result<Sealed> {
+        let mut iv = [0u8; GCM_IV_LEN];
+        self.fill_random(&mut iv)?;
+        self.run(|s| {
+            let k = self.find(s, key_label, KeyClass::Secret)?;
+            ops::gcm_encrypt(s, (k.handle, k.algorithm, key_label), iv, aad, plaintext)
+        })
+    }
+
+    /// AES-256-GCM decrypt; fails with `IntegrityCheckFailed` if the
+    /// ciphertext, nonce or associated data differ from what was sealed.
+    pub fn gcm_decrypt(
+        &self,
+        key_label: &str,
+        sealed: &Sealed,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        self.run(|s| {
+            let k = self.find(s, key_label, KeyClass::Secret)?;
+            ops::gcm_decrypt(s, (k.handle, k.algorithm, key_label), sealed, aad)
+        })
+    }
+
+    /// Fill `buf` from the token's random number generator.
+    pub fn fill_random(&self, buf: &mut [u8]) -> Result<()> {
+        self.run(|s| s.generate_random_slice(buf).map_err(ck))
+    }
+
+    /// `len` bytes from the token's random number generator.
+    pub fn random(&self, len: usize) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.fill_random(&mut v)?;
+        Ok(v)
+    }
+}
+
+/// Labels are free text for PKCS#11, but ours end up in URIs, logs and
+/// config files: keep them printable and short.
+fn check_label(label: &str) -> Result<()> {
+    let ok = !label.is_empty()
+        && label.len() <= 64
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "key label {label:?} must be 1 to 64 characters of A-Z a-z 0-9 - . _"
+        )))
+    }
+}

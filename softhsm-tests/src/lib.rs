@@ -1,0 +1,159 @@
+//! Test support: a private SoftHSM2 token per test, and the built binaries.
+//!
+//! Every test gets its own temporary token directory and `softhsm2.conf`, so
+//! tests never share token state; the token is initialised with
+//! `softhsm2-util --init-token --free`, a tool we did not write. `cargo
+//! nextest` runs each test in its own process, which suits a PKCS#11 library
+//! that is initialised once per process.
+
+#![forbid(unsafe_code)]
+// Test support: failing loudly on a broken fixture is the point.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Debian's SoftHSM2 module.
+pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The user PIN of every test token (tests only).
+pub const USER_PIN: &str = "test-user-pin-1234";
+/// The SO PIN of every test token (tests only).
+pub const SO_PIN: &str = "test-so-pin-5678";
+
+/// A fresh SoftHSM2 token in a temporary directory, removed on drop.
+pub struct SoftHsm {
+    dir: tempfile::TempDir,
+    /// Token label.
+    pub label: String,
+}
+
+impl SoftHsm {
+    /// Create a token labelled `label` in a new directory.
+    pub fn new(label: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vbus-softhsm-")
+            .tempdir()
+            .expect("temp dir");
+        let tokens = dir.path().join("tokens");
+        fs::create_dir(&tokens).expect("token dir");
+        fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+        )
+        .expect("softhsm2.conf");
+        let pin = dir.path().join("pin");
+        fs::write(&pin, USER_PIN).expect("pin file");
+        fs::set_permissions(&pin, fs::Permissions::from_mode(0o600)).expect("chmod pin");
+        let hsm = SoftHsm {
+            dir,
+            label: label.to_owned(),
+        };
+        let mut init = hsm.command("softhsm2-util");
+        init.args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--so-pin",
+            SO_PIN,
+            "--pin",
+            USER_PIN,
+        ]);
+        let out = run(&mut init);
+        assert!(
+            out.status.success(),
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        hsm
+    }
+
+    /// The directory holding the config, the tokens and the PIN file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of this token's `softhsm2.conf`.
+    pub fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    /// Path of the 0600 file holding [`USER_PIN`].
+    pub fn pin_file(&self) -> PathBuf {
+        self.dir.path().join("pin")
+    }
+
+    /// Point this process's SoftHSM2 at this token. Call before the module
+    /// is first initialised in the process (tests run one per process).
+    pub fn export_env(&self) {
+        std::env::set_var("SOFTHSM2_CONF", self.conf());
+    }
+
+    /// A `[token]` section for a `kmsd.toml` using this token.
+    pub fn token_toml(&self) -> String {
+        format!(
+            "[token]\nmodule = {MODULE:?}\nlabel = {:?}\npin_file = {:?}\n\n[token.module_env]\nSOFTHSM2_CONF = {:?}\n",
+            self.label,
+            self.pin_file().display().to_string(),
+            self.conf().display().to_string()
+        )
+    }
+
+    /// A command with `SOFTHSM2_CONF` set for this token.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("SOFTHSM2_CONF", self.conf());
+        c
+    }
+
+    /// Run `pkcs11-tool` (OpenSC) on this token, logged in, and return stdout.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> String {
+        let mut c = self.command("pkcs11-tool");
+        c.args([
+            "--module",
+            MODULE,
+            "--token-label",
+            &self.label,
+            "--login",
+            "--pin",
+            USER_PIN,
+        ]);
+        c.args(args);
+        let out = run(&mut c);
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Run a command, panicking with its name if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()))
+}
+
+/// Path of a binary of this workspace in the same target directory as the
+/// running test (`cargo nextest run --workspace` builds them all).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
