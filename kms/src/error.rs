@@ -76,7 +76,9 @@ pub enum Error {
     /// The token is unreachable or keeps losing sessions, after bounded
     /// retries. The service keeps running and tries again on the next call.
     #[error(
-        "token {label:?} unavailable: {function} failed with {rv} after {attempts} attempt(s)"
+        "token {label:?} unavailable: {function} failed with {rv} after {attempts} attempt(s)",
+        function = fn_name(function),
+        rv = rv_name(rv)
     )]
     TokenUnavailable {
         /// Token label.
@@ -128,7 +130,8 @@ pub enum Error {
     /// Decryption or unwrapping failed its integrity check: the ciphertext
     /// was altered, or the associated data or key is not the one used to seal it.
     #[error(
-        "integrity check failed in {function}: ciphertext altered, or wrong key or associated data"
+        "integrity check failed in {function}: ciphertext altered, or wrong key or associated data",
+        function = fn_name(function)
     )]
     IntegrityCheckFailed {
         /// C_Decrypt or C_UnwrapKey.

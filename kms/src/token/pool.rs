@@ -19,7 +19,7 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
-use crate::error::{Error, Result};
+use crate::error::{fn_name, rv_name, Error, Result};
 
 /// What a failed PKCS#11 call says about the session it ran on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,13 +228,19 @@ impl Pool {
                             }
                             Fault::Handle => on_stale_handles(),
                         }
-                        tracing::warn!(token = %self.cfg.label, %function, %rv, attempt, "token operation failed; recovering");
+                        tracing::warn!(token = %self.cfg.label, function = %fn_name(&function), rv = %rv_name(&rv), attempt, "token operation failed; recovering");
                         (function, rv, fault)
                     }
                     Err(other) => return Err(other),
                 },
                 Err(Error::Pkcs11 { function, rv }) if classify(rv) != Fault::Final => {
-                    tracing::warn!(token = %self.cfg.label, %function, %rv, attempt, "cannot open a token session");
+                    tracing::warn!(token = %self.cfg.label, function = %fn_name(&function), rv = %rv_name(&rv), attempt, "cannot open a token session");
+                    let (generation, epoch) = {
+                        let st = self.lock();
+                        (st.generation, st.epoch)
+                    };
+                    self.rebuild(generation, epoch, rv, true);
+                    on_stale_handles();
                     (function, rv, Fault::Token)
                 }
                 // The token was there when the pool opened: now it is away.
@@ -436,7 +442,7 @@ impl Pool {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
             Err(CkError::Pkcs11(rv, _)) if is_pin_rejection(rv) => {
                 self.lock().pin_rejected = Some(rv);
-                tracing::error!(token = %self.cfg.label, %rv, "token refused the user PIN; not retrying");
+                tracing::error!(token = %self.cfg.label, rv = %rv_name(&rv), "token refused the user PIN; not retrying");
                 Err(Error::PinRejected {
                     label: self.cfg.label.clone(),
                     rv,

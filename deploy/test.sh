@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run every test of vBus KMS against real SoftHSM2 tokens (each test makes
+# its own in a temporary directory). Installs what it needs when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deploy/install-deps.sh --test
+export PATH="$HOME/.cargo/bin:$PATH"
+# The end-to-end tests run the built binaries: build them first.
+cargo build --workspace --bins
+cargo nextest run --workspace --no-fail-fast
+cargo test --workspace --doc

@@ -1,0 +1,270 @@
+//! The built `kmsctl` and `kmsd` binaries on a real SoftHSM2 token.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use softhsm_tests::{bin, run, MODULE};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn quickstart(dir: &Path, port: u16) -> std::process::Output {
+    run(Command::new(bin("kmsctl"))
+        .arg("quickstart")
+        .arg(dir)
+        .args(["--pub", &format!("127.0.0.1:{port}")]))
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// GET with curl; (status, body). Status 0 when nothing answered.
+fn curl(url: &str) -> (u16, String) {
+    let out =
+        run(Command::new("curl").args(["-s", "-w", "\n%{http_code}", "--max-time", "10", url]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap_or(0), body.to_owned())
+}
+
+/// Kills the service if a test fails before stopping it.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(url: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = curl(url);
+        if answer.0 != 0 || Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn quickstart_creates_a_working_appliance_and_a_second_run_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("appliance");
+    let port = free_port();
+    let first = quickstart(&dir, port);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8(first.stdout).unwrap();
+    assert!(
+        stdout.contains(&format!("kmsd --config {}/kmsd.toml", dir.display())),
+        "{stdout}"
+    );
+    for (file, want) in [
+        ("pin", 0o600),
+        ("so-pin", 0o600),
+        ("softhsm2.conf", 0o600),
+        ("tokens", 0o700),
+    ] {
+        assert_eq!(mode(&dir.join(file)), want, "{file}");
+    }
+    let pin = std::fs::read_to_string(dir.join("pin")).unwrap();
+    assert_eq!(pin.len(), 32, "128-bit random PIN in hex");
+    let config = std::fs::read_to_string(dir.join("kmsd.toml")).unwrap();
+    assert!(!config.contains(&pin), "the PIN is never in the config");
+    assert!(!stdout.contains(&pin), "the PIN is never printed");
+
+    // An outside tool sees the token quickstart made, logged in with its PIN.
+    let listing = run(Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .args([
+            "--module",
+            MODULE,
+            "--token-label",
+            "vbus-kms",
+            "--login",
+            "--pin",
+            &pin,
+            "--list-objects",
+        ]));
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+
+    // Run again: same files, same token, nothing new.
+    let second = quickstart(&dir, port);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(String::from_utf8_lossy(&second.stdout).contains("already set up; nothing changed"));
+    assert_eq!(std::fs::read_to_string(dir.join("pin")).unwrap(), pin);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("kmsd.toml")).unwrap(),
+        config
+    );
+
+    let status = run(Command::new(bin("kmsctl"))
+        .arg("--config")
+        .arg(dir.join("kmsd.toml"))
+        .args(["status", "--json"]));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout).trim(),
+        r#"{"keys":[],"token":"vbus-kms"}"#
+    );
+}
+
+#[test]
+fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("appliance");
+    let port = free_port();
+    assert!(quickstart(&dir, port).status.success());
+    let mut service = Service(
+        Command::new(bin("kmsd"))
+            .arg("--config")
+            .arg(dir.join("kmsd.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    assert_eq!(
+        wait_for(&url),
+        (
+            200,
+            r#"{"status":"ok","token":{"keys":0,"label":"vbus-kms"}}"#.to_owned()
+        )
+    );
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{port}/no-such-path")).0,
+        404
+    );
+
+    let pid = service.0.id().to_string();
+    assert!(run(Command::new("kill").args(["-TERM", &pid]))
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = service.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kmsd did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(service.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("SIGTERM: shutting down") && stderr.contains("stopped"),
+        "{stderr}"
+    );
+    let pin = std::fs::read_to_string(dir.join("pin")).unwrap();
+    assert!(!stderr.contains(&pin), "the PIN reached the log");
+}
+
+#[test]
+fn kmsd_refuses_a_bad_setup_with_a_message_that_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("appliance");
+    let port = free_port();
+    assert!(quickstart(&dir, port).status.success());
+    let good = std::fs::read_to_string(dir.join("kmsd.toml")).unwrap();
+    let pin = std::fs::read_to_string(dir.join("pin")).unwrap();
+    let tokens_before = std::fs::read_dir(dir.join("tokens")).unwrap().count();
+
+    // (case, how the config is changed, what is done to the directory, words in stderr)
+    type Prepare = fn(&Path);
+    let rows: &[(&str, &str, &str, Prepare, &str)] = &[
+        (
+            "unknown config key",
+            "pool_size = 4",
+            "pool_size = 4\npin = \"x\"",
+            |_| {},
+            "unknown field `pin`",
+        ),
+        (
+            "token label not present",
+            "label = \"vbus-kms\"",
+            "label = \"other\"",
+            |_| {},
+            "no token labelled \"other\"",
+        ),
+        (
+            "module that is not PKCS#11",
+            MODULE,
+            "/etc/hostname",
+            |_| {},
+            "cannot load PKCS#11 module /etc/hostname",
+        ),
+        (
+            "PIN file readable by others",
+            "",
+            "",
+            |d| {
+                std::fs::set_permissions(d.join("pin"), std::fs::Permissions::from_mode(0o644))
+                    .unwrap()
+            },
+            "chmod 600",
+        ),
+        (
+            "wrong PIN",
+            "",
+            "",
+            |d| std::fs::write(d.join("pin"), "0000").unwrap(),
+            "refused the user PIN (CKR_PIN_INCORRECT)",
+        ),
+    ];
+    for (case, from, to, prepare, words) in rows {
+        let config = dir.join("case.toml");
+        std::fs::write(&config, good.replacen(from, to, 1)).unwrap();
+        prepare(&dir);
+        let out = run(Command::new(bin("kmsd")).arg("--config").arg(&config));
+        // Put the PIN file back for the next row.
+        std::fs::write(dir.join("pin"), &pin).unwrap();
+        std::fs::set_permissions(dir.join("pin"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {stderr}");
+        assert!(stderr.contains(words), "{case}: {stderr}");
+        assert!(!stderr.contains(&pin), "{case}: PIN in {stderr}");
+        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.join("tokens")).unwrap().count(),
+        tokens_before
+    );
+    // And the good config still starts a healthy service.
+    let _service = Service(
+        Command::new(bin("kmsd"))
+            .arg("--config")
+            .arg(dir.join("kmsd.toml"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(wait_for(&format!("http://127.0.0.1:{port}/healthz")).0, 200);
+}
