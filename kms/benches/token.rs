@@ -56,6 +56,37 @@ fn sign_benchmarks(c: &mut Criterion) {
         });
     }
 
+    // Bare on two threads: a session each, to show what the token itself
+    // allows in parallel.
+    g.bench_function("bare_c_sign_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..2 {
+                    let token = &token;
+                    let digest = &digest;
+                    let n = iters / 2 + (t as u64) * (iters % 2);
+                    s.spawn(move || {
+                        let session = token
+                            .pkcs11()
+                            .open_ro_session(token.slot().expect("slot"))
+                            .expect("session");
+                        let key = session
+                            .find_objects(&[
+                                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                                Attribute::Label(b"bench-key".to_vec()),
+                            ])
+                            .expect("find")[0];
+                        for _ in 0..n {
+                            session.sign(&Mechanism::Ecdsa, key, digest).expect("sign");
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+
     g.bench_function("pool_1_thread", |b| {
         b.iter(|| token.sign("bench-key", &message).expect("sign"))
     });

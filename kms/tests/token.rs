@@ -478,3 +478,41 @@ fn token_signer_plugs_into_rcgen_and_openssl_accepts_the_certificate() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn pool_follows_a_token_re_initialised_by_another_process() {
+    let hsm = SoftHsm::new("t-reinit");
+    let token = open(&hsm, "");
+    token.generate_key_pair(KeyPairKind::EcP256, "old").unwrap();
+    token.sign("old", b"before").unwrap();
+    // Another process wipes and re-initialises the token under us.
+    let out = softhsm_tests::run(hsm.command("softhsm2-util").args([
+        "--init-token",
+        "--token",
+        "t-reinit",
+        "--label",
+        "t-reinit",
+        "--so-pin",
+        softhsm_tests::SO_PIN,
+        "--pin",
+        USER_PIN,
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The old key is gone with the old token: a clear error, not a stale
+    // handle signing or a hang; the pool keeps working on the new token.
+    assert_eq!(
+        token.sign("old", b"after").unwrap_err().code(),
+        "key_not_found"
+    );
+    assert_eq!(token.key_count().unwrap(), 0);
+    token.generate_key_pair(KeyPairKind::EcP256, "new").unwrap();
+    let vk =
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(&token.public_key("new").unwrap().raw).unwrap();
+    let sig = token.sign("new", b"x").unwrap();
+    vk.verify(b"x", &p256::ecdsa::Signature::from_der(&sig).unwrap())
+        .unwrap();
+}
