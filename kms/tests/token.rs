@@ -516,3 +516,61 @@ fn pool_follows_a_token_re_initialised_by_another_process() {
     vk.verify(b"x", &p256::ecdsa::Signature::from_der(&sig).unwrap())
         .unwrap();
 }
+
+#[test]
+fn checkpoint_signer_and_key_wrapper_work_through_the_traits_the_pure_crates_see() {
+    use audit::CheckpointSigner as _;
+    use escrow::KeyWrapper as _;
+    let hsm = SoftHsm::new("t-traits");
+    let token = Arc::new(open(&hsm, ""));
+    token
+        .generate_key_pair(KeyPairKind::Ed25519, "audit")
+        .unwrap();
+    token
+        .generate_key_pair(KeyPairKind::EcP256, "not-ed25519")
+        .unwrap();
+    token
+        .generate_aes_key(AesUsage::Encrypt, Extractable::Never, "kek-v1")
+        .unwrap();
+
+    let signer = kms::token::TokenCheckpointSigner::new(token.clone(), "audit").unwrap();
+    let note = b"vbus-kms/audit\n42\nAAAA\n";
+    let sig = signer.sign(note).unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&signer.public_key()).unwrap();
+    vk.verify_strict(note, &ed25519_dalek::Signature::from_bytes(&sig))
+        .unwrap();
+    let err = kms::token::TokenCheckpointSigner::new(token.clone(), "not-ed25519").unwrap_err();
+    assert_eq!(err.code(), "key_wrong_type");
+
+    let wrapper = kms::token::TokenKeyWrapper::new(token.clone(), "kek-v1", 1);
+    let blob = wrapper
+        .wrap(b"VBUS-CPU-2412-003847|psk", &[9u8; 32])
+        .unwrap();
+    assert_eq!(
+        (blob.kek_version, blob.nonce.len(), blob.ciphertext.len()),
+        (1, 12, 48)
+    );
+    assert_eq!(
+        &*wrapper.unwrap(b"VBUS-CPU-2412-003847|psk", &blob).unwrap(),
+        &[9u8; 32]
+    );
+    let code = |e: escrow::WrapperError| e.downcast::<Error>().unwrap().code();
+    assert_eq!(
+        code(
+            wrapper
+                .unwrap(b"VBUS-CPU-2412-003848|psk", &blob)
+                .unwrap_err()
+        ),
+        "integrity_check_failed"
+    );
+    let mut other_version = blob.clone();
+    other_version.kek_version = 2;
+    assert_eq!(
+        code(
+            wrapper
+                .unwrap(b"VBUS-CPU-2412-003847|psk", &other_version)
+                .unwrap_err()
+        ),
+        "invalid_input"
+    );
+}

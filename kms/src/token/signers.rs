@@ -10,6 +10,7 @@ use super::{KeyAlgorithm, Sealed, Token, GCM_IV_LEN};
 use crate::error::Error;
 
 /// A token private key as the CA's signer.
+#[derive(Debug)]
 pub struct TokenSigner {
     token: Arc<Token>,
     label: String,
@@ -55,6 +56,7 @@ impl ca::Signer for TokenSigner {
 }
 
 /// A token Ed25519 key as the audit log's checkpoint signer.
+#[derive(Debug)]
 pub struct TokenCheckpointSigner {
     token: Arc<Token>,
     label: String,
@@ -98,6 +100,7 @@ impl audit::CheckpointSigner for TokenCheckpointSigner {
 /// A token AES-256 key (usage `Encrypt`) as escrow's key wrapper: AES-GCM
 /// with the caller's associated data, a token-random nonce and the KEK
 /// version stored with each blob.
+#[derive(Debug)]
 pub struct TokenKeyWrapper {
     token: Arc<Token>,
     label: String,
