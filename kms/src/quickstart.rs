@@ -12,16 +12,16 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::context::Pkcs11;
 use cryptoki::session::UserType;
+use cryptoki::slot::{Slot, TokenInfo};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pin::load_pin;
-use crate::token::Token;
+use crate::token::{ck, initialize, Token};
 
 /// Where Debian puts SoftHSM2.
 pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -131,52 +131,35 @@ fn init_token(module: &Path, so_pin: &str, user_pin: &str) -> Result<()> {
         path: module.to_owned(),
         reason: e.to_string(),
     })?;
-    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => return Err(pkcs(e)),
-    }
-    let free = pkcs11
-        .get_slots_with_token()
-        .map_err(pkcs)?
-        .into_iter()
-        .find(|s| {
-            pkcs11
-                .get_token_info(*s)
-                .map(|t| !t.token_initialized())
-                .unwrap_or(false)
-        })
-        .ok_or_else(|| Error::TokenNotFound {
+    initialize(&pkcs11)?;
+    let free =
+        slot_where(&pkcs11, |t| !t.token_initialized())?.ok_or_else(|| Error::TokenNotFound {
             label: "(an uninitialised slot)".into(),
             module: module.to_owned(),
             present: "no free slot".into(),
         })?;
     let so = SecretString::from(so_pin.to_owned());
     let user = SecretString::from(user_pin.to_owned());
-    pkcs11.init_token(free, &so, TOKEN_LABEL).map_err(pkcs)?;
+    pkcs11.init_token(free, &so, TOKEN_LABEL).map_err(ck)?;
     // SoftHSM2 renumbers a slot once its token is initialised: look again.
-    let slot = pkcs11
-        .get_slots_with_token()
-        .map_err(pkcs)?
-        .into_iter()
-        .find(|s| {
-            pkcs11
-                .get_token_info(*s)
-                .map(|t| t.token_initialized() && t.label().trim_end() == TOKEN_LABEL)
-                .unwrap_or(false)
-        })
-        .ok_or(Error::Unreachable("token vanished right after C_InitToken"))?;
-    let session = pkcs11.open_rw_session(slot).map_err(pkcs)?;
-    session.login(UserType::So, Some(&so)).map_err(pkcs)?;
-    session.init_pin(&user).map_err(pkcs)?;
-    session.logout().map_err(pkcs)?;
+    let slot = slot_where(&pkcs11, |t| {
+        t.token_initialized() && t.label().trim_end() == TOKEN_LABEL
+    })?
+    .ok_or(Error::Unreachable("token vanished right after C_InitToken"))?;
+    let session = pkcs11.open_rw_session(slot).map_err(ck)?;
+    session.login(UserType::So, Some(&so)).map_err(ck)?;
+    session.init_pin(&user).map_err(ck)?;
+    session.logout().map_err(ck)?;
     Ok(())
 }
 
-fn pkcs(e: CkError) -> Error {
-    match e {
-        CkError::Pkcs11(rv, function) => Error::Pkcs11 { function, rv },
-        other => Error::TokenProtocol(other.to_string()),
-    }
+/// The first slot whose token satisfies `pred`.
+fn slot_where(pkcs11: &Pkcs11, pred: impl Fn(&TokenInfo) -> bool) -> Result<Option<Slot>> {
+    Ok(pkcs11
+        .get_slots_with_token()
+        .map_err(ck)?
+        .into_iter()
+        .find(|s| pkcs11.get_token_info(*s).is_ok_and(|t| pred(&t))))
 }
 
 /// 128 random bits from the kernel, as 32 hex digits.

@@ -31,7 +31,8 @@ pub use uri::object_uri;
 use crate::config::TokenConfig;
 use crate::error::{Error, Result};
 use keys::FoundKey;
-use pool::{ck, Pool, PoolSettings};
+pub(crate) use pool::{ck, initialize};
+use pool::{Pool, PoolSettings};
 
 /// A logged-in PKCS#11 token with a pool of sessions.
 pub struct Token {

@@ -460,7 +460,9 @@ impl Drop for Pool {
     }
 }
 
-fn initialize(pkcs11: &Pkcs11) -> Result<()> {
+/// `C_Initialize` with OS locking; already initialised by another part of
+/// the process is fine.
+pub(crate) fn initialize(pkcs11: &Pkcs11) -> Result<()> {
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         // Another part of this process (a second Token, a test) got there first.
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
