@@ -1,16 +1,38 @@
 //! X.509 for vBus KMS: CSR checks, certificate profiles, issuance, serials,
-//! CRL and OCSP.
+//! the CA hierarchy.
 //!
 //! This crate is pure: it knows nothing of PKCS#11 or HTTP. What it needs
-//! from the outside it takes through small traits. Today that is the
-//! [`Signer`], the key that signs a to-be-signed certificate or CRL. The
-//! appliance (`kms`) implements it on a key that never leaves the token; unit
-//! tests implement it in software.
-//!
-//! Issuance, profiles and the certificate store arrive with the CA issue.
+//! from the outside it takes as parameters: the [`Signer`] (a key that never
+//! leaves the token, in the appliance), the [`Random`] source (the token
+//! RNG), the [`Clock`] and the [`store::Store`]. Unit tests give it software
+//! implementations.
 
 #![forbid(unsafe_code)]
 
+mod build;
+mod check;
+mod csr;
+mod error;
+mod ident;
+mod issue;
+mod oids;
+mod profile;
+mod records;
 mod signer;
 
-pub use signer::{RcgenSigner, SignatureAlgorithm, Signer, SignerError};
+pub use build::{
+    ca_params, client_params, issuer_params, key_identifier, Basics, CaRole, HardwareModuleName,
+    SubjectKey, Urls,
+};
+pub use csr::{check as check_csr, CheckedCsr, MAX_CSR_BYTES};
+pub use error::{Error, Result};
+pub use ident::{HwUuid, ModuleSerial, ModuleType};
+pub use issue::{
+    Ca, CaSettings, Clock, IssueRequest, Issued, Random, SystemClock, BACKDATE, DEFAULT_HW_TYPE,
+    SERIAL_BYTES,
+};
+pub use profile::{EkuName, KeyType, KeyUsageName, Profile, Profiles, DEFAULT_PROFILES};
+pub use records::{CertificateRecord, DeviceRecord};
+pub use signer::{
+    verify_signature, PreSignCheck, RcgenSigner, SignatureAlgorithm, Signer, SignerError,
+};

@@ -1,6 +1,7 @@
 //! The signing key the CA is given.
 
 use std::fmt;
+use std::sync::Mutex;
 
 /// Failure inside a [`Signer`]. The CA does not interpret it; the caller that
 /// chose the signer downcasts it (the appliance maps token errors to
@@ -44,11 +45,21 @@ pub trait Signer: Send + Sync {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignerError>;
 }
 
+/// A check run on the exact to-be-signed bytes before the key is used.
+pub type PreSignCheck<'a> = Box<dyn Fn(&[u8]) -> crate::Result<()> + Send + Sync + 'a>;
+
 /// Adapter that lets `rcgen` build certificates and CRLs with any [`Signer`],
 /// so the private key is used only through the signer.
+///
+/// With [`RcgenSigner::checked`] every to-be-signed structure rcgen hands
+/// over is first passed to a check (the profile lint), and nothing is signed
+/// if it fails. The last signed message and its signature are kept so the
+/// caller can verify them before trusting the result.
 pub struct RcgenSigner<'a, S: Signer + ?Sized> {
     inner: &'a S,
-    last_error: std::sync::Mutex<Option<SignerError>>,
+    check: Option<PreSignCheck<'a>>,
+    last_error: Mutex<Option<crate::Error>>,
+    last_signed: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl<'a, S: Signer + ?Sized> RcgenSigner<'a, S> {
@@ -56,14 +67,36 @@ impl<'a, S: Signer + ?Sized> RcgenSigner<'a, S> {
     pub fn new(signer: &'a S) -> Self {
         Self {
             inner: signer,
-            last_error: std::sync::Mutex::new(None),
+            check: None,
+            last_error: Mutex::new(None),
+            last_signed: Mutex::new(None),
         }
     }
 
-    /// The signer's own error behind the last `rcgen::Error::RemoteKeyError`,
-    /// which rcgen itself cannot carry.
-    pub fn take_error(&self) -> Option<SignerError> {
+    /// Wrap `signer`, running `check` on each to-be-signed message first.
+    pub fn checked(signer: &'a S, check: PreSignCheck<'a>) -> Self {
+        Self {
+            check: Some(check),
+            ..Self::new(signer)
+        }
+    }
+
+    /// The error behind the last `rcgen::Error::RemoteKeyError`, which rcgen
+    /// itself cannot carry.
+    pub fn take_error(&self) -> Option<crate::Error> {
         self.last_error.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// The last (message, signature) pair signed.
+    pub fn take_signed(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.last_signed.lock().ok().and_then(|mut e| e.take())
+    }
+
+    fn fail(&self, e: crate::Error) -> rcgen::Error {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = Some(e);
+        }
+        rcgen::Error::RemoteKeyError
     }
 }
 
@@ -82,11 +115,45 @@ impl<S: Signer + ?Sized> rcgen::PublicKeyData for RcgenSigner<'_, S> {
 
 impl<S: Signer + ?Sized> rcgen::SigningKey for RcgenSigner<'_, S> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.inner.sign(msg).map_err(|e| {
-            if let Ok(mut slot) = self.last_error.lock() {
-                *slot = Some(e);
-            }
-            rcgen::Error::RemoteKeyError
-        })
+        if let Some(check) = &self.check {
+            check(msg).map_err(|e| self.fail(e))?;
+        }
+        let sig = self
+            .inner
+            .sign(msg)
+            .map_err(|e| self.fail(crate::Error::Signer(e)))?;
+        if let Ok(mut slot) = self.last_signed.lock() {
+            *slot = Some((msg.to_vec(), sig.clone()));
+        }
+        Ok(sig)
+    }
+}
+
+/// Does `signature` over `message` verify with the signer's public key?
+pub fn verify_signature(
+    alg: SignatureAlgorithm,
+    public_key_raw: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    match alg {
+        SignatureAlgorithm::EcdsaP256Sha256 => {
+            use p256::ecdsa::signature::Verifier;
+            let Ok(vk) = p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key_raw) else {
+                return false;
+            };
+            p256::ecdsa::Signature::from_der(signature)
+                .is_ok_and(|sig| vk.verify(message, &sig).is_ok())
+        }
+        SignatureAlgorithm::Ed25519 => {
+            let Ok(raw) = <[u8; 32]>::try_from(public_key_raw) else {
+                return false;
+            };
+            let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&raw) else {
+                return false;
+            };
+            ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| vk.verify_strict(message, &sig).is_ok())
+        }
     }
 }

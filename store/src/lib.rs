@@ -1,0 +1,276 @@
+//! The storage trait every stateful part of vBus KMS writes through.
+//!
+//! Narrow and transactional on purpose (DESIGN.md, "Durability and scale"):
+//! `get`, an ordered `scan`, and `commit` of a batch of conditional writes
+//! that all apply or none do. That is what a PostgreSQL backend can offer
+//! just as well as sled, so two appliances can later share one state.
+//!
+//! The appliance's sled backend lives in `kms` (the only crate linking
+//! sled); [`MemoryStore`] here serves unit tests of the pure crates.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// A keyspace. Each holds its own ordered keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Tree {
+    /// Certificates by certificate serial (lowercase hex).
+    Certificates,
+    /// Device records by module serial.
+    Devices,
+    /// Module serial by hardware UUID (a UUID belongs to one device).
+    HardwareIds,
+    /// Module serial by SHA-256 of the device public key (SPKI).
+    PublicKeys,
+}
+
+impl Tree {
+    /// Every tree, for backends that create them up front.
+    pub const ALL: [Tree; 4] = [
+        Tree::Certificates,
+        Tree::Devices,
+        Tree::HardwareIds,
+        Tree::PublicKeys,
+    ];
+
+    /// Stable name, used as the sled tree name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Certificates => "certificates",
+            Tree::Devices => "devices",
+            Tree::HardwareIds => "hardware_ids",
+            Tree::PublicKeys => "public_keys",
+        }
+    }
+}
+
+/// One conditional write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Store `value` under `key`, which must not exist yet.
+    Insert {
+        /// Keyspace.
+        tree: Tree,
+        /// Key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Replace the value under `key`, which must currently be `expected`
+    /// (`None`: absent). Compare-and-swap.
+    Replace {
+        /// Keyspace.
+        tree: Tree,
+        /// Key.
+        key: Vec<u8>,
+        /// The value the caller read.
+        expected: Option<Vec<u8>>,
+        /// The new value.
+        value: Vec<u8>,
+    },
+}
+
+impl Write {
+    fn target(&self) -> (Tree, &[u8]) {
+        match self {
+            Write::Insert { tree, key, .. } | Write::Replace { tree, key, .. } => (*tree, key),
+        }
+    }
+
+    fn expected(&self) -> Option<&[u8]> {
+        match self {
+            Write::Insert { .. } => None,
+            Write::Replace { expected, .. } => expected.as_deref(),
+        }
+    }
+
+    fn value(&self) -> &[u8] {
+        match self {
+            Write::Insert { value, .. } | Write::Replace { value, .. } => value,
+        }
+    }
+}
+
+/// A commit whose condition did not hold: nothing was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The keyspace of the first failed condition.
+    pub tree: Tree,
+    /// Its key.
+    pub key: Vec<u8>,
+    /// What is there now.
+    pub current: Option<Vec<u8>>,
+}
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The backend could not read or write (disk full, I/O error, lock).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data is not what the schema says (a bug or a damaged store).
+    #[error("stored data damaged: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The storage trait.
+pub trait Store: Send + Sync {
+    /// The value under `key`.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `limit` entries with keys `>= from`, in key order.
+    fn scan(&self, tree: Tree, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Apply every write if every condition holds, else none. Durable
+    /// (flushed to stable storage) when it returns `Ok(Ok(()))`.
+    fn commit(&self, writes: &[Write]) -> Result<std::result::Result<(), Conflict>>;
+
+    /// Number of entries in `tree`.
+    fn len(&self, tree: Tree) -> Result<usize>;
+}
+
+/// Every tree's entries, in order.
+pub type Snapshot = BTreeMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// An in-memory store for unit tests. Not durable.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    trees: Mutex<Snapshot>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Snapshot>> {
+        self.trees
+            .lock()
+            .map_err(|_| Error::Unavailable("memory store lock poisoned".into()))
+    }
+
+    /// Everything, for tests that check "nothing changed".
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(self.lock()?.clone())
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock()?.get(&tree).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn scan(&self, tree: Tree, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .lock()?
+            .get(&tree)
+            .map(|t| {
+                t.range(from.to_vec()..)
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<std::result::Result<(), Conflict>> {
+        let mut trees = self.lock()?;
+        // Check every condition against the state as this batch would leave
+        // it, so a batch cannot insert the same key twice.
+        let mut staged: BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+        for w in writes {
+            let (tree, key) = w.target();
+            let current = match staged.get(&(tree, key.to_vec())) {
+                Some(v) => v.clone(),
+                None => trees.get(&tree).and_then(|t| t.get(key)).cloned(),
+            };
+            if current.as_deref() != w.expected() {
+                return Ok(Err(Conflict {
+                    tree,
+                    key: key.to_vec(),
+                    current,
+                }));
+            }
+            staged.insert((tree, key.to_vec()), Some(w.value().to_vec()));
+        }
+        for ((tree, key), value) in staged {
+            if let Some(value) = value {
+                trees.entry(tree).or_default().insert(key, value);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn len(&self, tree: Tree) -> Result<usize> {
+        Ok(self.lock()?.get(&tree).map_or(0, BTreeMap::len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(tree: Tree, k: &str, v: &str) -> Write {
+        Write::Insert {
+            tree,
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_whole_or_not_at_all() {
+        let s = MemoryStore::new();
+        s.commit(&[insert(Tree::Devices, "a", "1")])
+            .unwrap()
+            .unwrap();
+        let before = s.snapshot().unwrap();
+        let conflict = s
+            .commit(&[
+                insert(Tree::Devices, "b", "2"),
+                insert(Tree::Devices, "a", "3"),
+            ])
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(conflict.key, b"a");
+        assert_eq!(conflict.current.as_deref(), Some(&b"1"[..]));
+        assert_eq!(s.snapshot().unwrap(), before);
+        // The same key twice in one batch is a conflict too.
+        assert!(s
+            .commit(&[
+                insert(Tree::Devices, "c", "1"),
+                insert(Tree::Devices, "c", "2")
+            ])
+            .unwrap()
+            .is_err());
+    }
+
+    #[test]
+    fn replace_is_compare_and_swap() {
+        let s = MemoryStore::new();
+        let cas = |expected: Option<&str>, v: &str| Write::Replace {
+            tree: Tree::Devices,
+            key: b"k".to_vec(),
+            expected: expected.map(Into::into),
+            value: v.into(),
+        };
+        s.commit(&[cas(None, "1")]).unwrap().unwrap();
+        assert!(s.commit(&[cas(None, "2")]).unwrap().is_err());
+        assert!(s.commit(&[cas(Some("0"), "2")]).unwrap().is_err());
+        s.commit(&[cas(Some("1"), "2")]).unwrap().unwrap();
+        assert_eq!(
+            s.get(Tree::Devices, b"k").unwrap().as_deref(),
+            Some(&b"2"[..])
+        );
+        assert_eq!(s.scan(Tree::Devices, b"", 10).unwrap().len(), 1);
+        assert_eq!(s.len(Tree::Devices).unwrap(), 1);
+    }
+}
