@@ -21,6 +21,75 @@ pub struct Config {
     /// Listening addresses.
     #[serde(default)]
     pub server: ServerConfig,
+    /// The certificate authorities.
+    #[serde(default)]
+    pub ca: CaConfig,
+    /// The state database.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[ca]`: where the CA certificates live, the token key labels, and what
+/// goes into device certificates besides the profile.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Directory of `root.pem`, `intermediate.pem`, `internal.pem`, `chain.pem`.
+    #[serde(default = "defaults::ca_dir")]
+    pub dir: PathBuf,
+    /// Organization (O) of the CA certificates and credentials.
+    #[serde(default = "defaults::organization")]
+    pub organization: String,
+    /// Token label of the root CA key.
+    #[serde(default = "defaults::root_key")]
+    pub root_key: String,
+    /// Token label of the manufacturing intermediate CA key.
+    #[serde(default = "defaults::intermediate_key")]
+    pub intermediate_key: String,
+    /// Token label of the internal (mTLS) CA key.
+    #[serde(default = "defaults::internal_key")]
+    pub internal_key: String,
+    /// Base URL of the publication port as devices and relying parties reach
+    /// it; CRL and OCSP URLs in certificates are built from it. Default:
+    /// `http://` + `server.publication_listen`.
+    pub publication_url: Option<String>,
+    /// Device profile file; the shipped `deploy/profiles.toml` when unset.
+    pub profiles: Option<PathBuf>,
+    /// `hwType` OID of the hardwareModuleName SAN.
+    #[serde(default = "defaults::hw_type_oid")]
+    pub hw_type_oid: String,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            dir: defaults::ca_dir(),
+            organization: defaults::organization(),
+            root_key: defaults::root_key(),
+            intermediate_key: defaults::intermediate_key(),
+            internal_key: defaults::internal_key(),
+            publication_url: None,
+            profiles: None,
+            hw_type_oid: defaults::hw_type_oid(),
+        }
+    }
+}
+
+/// `[storage]`: the state database.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// sled database directory.
+    #[serde(default = "defaults::storage_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: defaults::storage_path(),
+        }
+    }
 }
 
 /// `[token]`: which PKCS#11 module and token, and how the session pool behaves.
@@ -76,6 +145,29 @@ impl Default for ServerConfig {
 
 mod defaults {
     use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    pub fn ca_dir() -> PathBuf {
+        "ca".into()
+    }
+    pub fn organization() -> String {
+        "vBus".into()
+    }
+    pub fn root_key() -> String {
+        "root-ca".into()
+    }
+    pub fn intermediate_key() -> String {
+        "mfg-intermediate".into()
+    }
+    pub fn internal_key() -> String {
+        "internal-ca".into()
+    }
+    pub fn hw_type_oid() -> String {
+        ca::DEFAULT_HW_TYPE.into()
+    }
+    pub fn storage_path() -> PathBuf {
+        "data".into()
+    }
 
     pub fn pool_size() -> usize {
         4
@@ -123,6 +215,20 @@ impl Config {
         if let Some(p) = &cfg.token.pin_file {
             cfg.token.pin_file = Some(resolve(base, p));
         }
+        cfg.ca.dir = resolve(base, &cfg.ca.dir);
+        cfg.ca.profiles = cfg.ca.profiles.as_deref().map(|p| resolve(base, p));
+        cfg.storage.path = resolve(base, &cfg.storage.path);
+        if cfg
+            .ca
+            .hw_type_oid
+            .parse::<der::asn1::ObjectIdentifier>()
+            .is_err()
+        {
+            return Err(format!(
+                "ca.hw_type_oid {:?} is not an OID",
+                cfg.ca.hw_type_oid
+            ));
+        }
         Ok(cfg)
     }
 }
@@ -162,6 +268,18 @@ impl TokenConfig {
         for (k, v) in &self.module_env {
             std::env::set_var(k, v);
         }
+    }
+}
+
+impl Config {
+    /// Base URL of the publication port.
+    pub fn publication_url(&self) -> String {
+        self.ca
+            .publication_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.publication_listen))
+            .trim_end_matches('/')
+            .to_owned()
     }
 }
 

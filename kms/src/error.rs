@@ -166,6 +166,22 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The CA refused or failed (its own code says which).
+    #[error(transparent)]
+    Ca(#[from] ca::Error),
+
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+
+    /// The appliance is already initialised; the ceremony runs once.
+    #[error("already initialised: {0}")]
+    AlreadyInitialized(String),
+
+    /// The appliance is not initialised yet.
+    #[error("not initialised: {0}; run `kmsctl init` (or `kmsctl quickstart`)")]
+    NotInitialized(String),
+
     /// A broken internal invariant; a bug, reported instead of panicking.
     #[error("internal error: {0}")]
     Unreachable(&'static str),
@@ -187,6 +203,13 @@ impl Error {
             Error::InvalidInput(_) => "invalid_input",
             Error::TokenProtocol(_) | Error::Pkcs11 { .. } => "token_error",
             Error::Io { .. } => "storage_unavailable",
+            Error::Ca(ca::Error::Signer(inner)) | Error::Ca(ca::Error::Random(inner)) => inner
+                .downcast_ref::<Error>()
+                .map_or("token_error", Error::code),
+            Error::Ca(e) => e.code(),
+            Error::Store(_) => "storage_unavailable",
+            Error::AlreadyInitialized(_) => "already_initialized",
+            Error::NotInitialized(_) => "not_initialized",
             Error::Unreachable(_) => "internal_error",
         }
     }
@@ -203,12 +226,40 @@ impl Error {
             | Error::TokenUnavailable { .. }
             | Error::PoolExhausted { .. }
             | Error::Io { .. } => 503,
+            Error::Ca(ca::Error::Signer(inner)) | Error::Ca(ca::Error::Random(inner)) => inner
+                .downcast_ref::<Error>()
+                .map_or(500, Error::http_status),
+            Error::Ca(e) => ca_status(e),
+            Error::Store(_) => 503,
+            Error::AlreadyInitialized(_) => 409,
+            Error::NotInitialized(_) => 503,
             Error::Config { .. }
             | Error::PinSource { .. }
             | Error::TokenProtocol(_)
             | Error::Pkcs11 { .. }
             | Error::Unreachable(_) => 500,
         }
+    }
+}
+
+/// HTTP status of a CA refusal: bad input 400, conflicts with stored state
+/// 409, unknown device 404, our own faults 5xx.
+fn ca_status(e: &ca::Error) -> u16 {
+    use ca::Error as C;
+    match e {
+        C::DeviceAlreadyCertified { .. }
+        | C::HwUuidInUse { .. }
+        | C::HwUuidMismatch { .. }
+        | C::PublicKeyInUse { .. } => 409,
+        C::DeviceNotFound(_) => 404,
+        C::CsrTooLarge { .. } => 413,
+        C::Store(_) | C::IssuerExpired(_) | C::Signer(_) | C::Random(_) => 503,
+        C::ProfileViolation(_)
+        | C::IssuedSignatureInvalid
+        | C::ProfileConfig(_)
+        | C::Issuer(_)
+        | C::Encoding(_) => 500,
+        _ => 400,
     }
 }
 

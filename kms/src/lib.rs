@@ -7,11 +7,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ceremony;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod pin;
 pub mod quickstart;
+pub mod storage;
 pub mod token;
 
 pub use error::{Error, Result};

@@ -2,9 +2,11 @@
 //!
 //! Creates in DIR a SoftHSM2 configuration and token directory, initialises a
 //! token through PKCS#11 (`C_InitToken`, `C_InitPIN`) with random SO and user
-//! PINs kept in 0600 files, and writes `DIR/kmsd.toml`. Running it again on a
-//! complete DIR changes nothing. The CA hierarchy and the officer and station
-//! credentials join it with the CA and service issues.
+//! PINs kept in 0600 files, writes `DIR/kmsd.toml` and `DIR/profiles.toml`,
+//! runs the key ceremony (CA hierarchy in `DIR/ca/`, officer credential in
+//! `DIR/officer/`) and makes the station credential `DIR/stations/station-01/`.
+//! Each step is skipped when its result exists, so running it again on a
+//! complete DIR changes nothing and an interrupted run can be finished.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -18,6 +20,9 @@ use cryptoki::slot::{Slot, TokenInfo};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
+use std::sync::Arc;
+
+use crate::ceremony::{self, CaFiles};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pin::load_pin;
@@ -59,20 +64,37 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// `SOFTHSM2_CONF` for DIR in the environment first: see [`softhsm_conf_path`].
 pub fn run(dir: &Path, opts: &Options) -> Result<Outcome> {
     let config = dir.join("kmsd.toml");
-    if config.exists() {
-        // Already set up: prove it works rather than trust it.
-        let cfg = Config::load(&config)?;
-        let pin = load_pin(&cfg.token)?;
-        Token::open(&cfg.token, pin)?;
-        return Ok(Outcome {
-            config,
-            created: false,
-        });
+    let mut created = false;
+    if !config.exists() {
+        create_token_and_config(dir, &config, opts)?;
+        created = true;
     }
+    // Open what exists rather than trust it, then finish what is missing.
+    let cfg = Config::load(&config)?;
+    let pin = load_pin(&cfg.token)?;
+    let token = Arc::new(Token::open(&cfg.token, pin)?);
+    if !CaFiles::of(&cfg).root.exists() {
+        ceremony::init(&cfg, &token, OFFICER_ID, &dir.join("officer"))?;
+        created = true;
+    }
+    let station = dir.join("stations").join(STATION_ID);
+    if !station.exists() {
+        ceremony::issue_client(&cfg, &token, STATION_ID, "station", &station)?;
+        created = true;
+    }
+    Ok(Outcome { config, created })
+}
+
+/// The first officer's identity.
+pub const OFFICER_ID: &str = "officer-01";
+/// The quickstart station's identity.
+pub const STATION_ID: &str = "station-01";
+
+fn create_token_and_config(dir: &Path, config: &Path, opts: &Options) -> Result<()> {
     let tokens = dir.join("tokens");
     if tokens.exists() && fs::read_dir(&tokens).map_err(io(&tokens))?.next().is_some() {
         return Err(Error::Config {
-            path: config,
+            path: config.to_owned(),
             reason: format!(
                 "{} holds a token but no kmsd.toml: a quickstart was interrupted; remove {} and run it again",
                 tokens.display(),
@@ -107,18 +129,21 @@ pub fn run(dir: &Path, opts: &Options) -> Result<Outcome> {
         "# Written by `kmsctl quickstart`: a self-contained development appliance.\n\
          [token]\nmodule = {module:?}\nlabel = {TOKEN_LABEL:?}\npin_file = \"pin\"\npool_size = 4\n\n\
          [token.module_env]\nSOFTHSM2_CONF = {conf:?}\n\n\
-         [server]\napi_listen = \"{api}\"\npublication_listen = \"{publication}\"\n",
+         [server]\napi_listen = \"{api}\"\npublication_listen = \"{publication}\"\n\n\
+         [ca]\nprofiles = \"profiles.toml\"\n\n\
+         [storage]\npath = \"data\"\n",
         module = opts.module.display().to_string(),
         conf = conf.display().to_string(),
         api = opts.api,
         publication = opts.publication,
     );
-    // The config is written last: its presence means "complete".
-    write_file(&config, toml.as_bytes(), 0o644)?;
-    Ok(Outcome {
-        config,
-        created: true,
-    })
+    write_file(
+        &dir.join("profiles.toml"),
+        ca::DEFAULT_PROFILES.as_bytes(),
+        0o644,
+    )?;
+    // The config is written last: its presence means "token and config done".
+    write_file(config, toml.as_bytes(), 0o644)
 }
 
 /// The SoftHSM2 config file of a quickstart DIR (absolute when DIR is).

@@ -130,9 +130,70 @@ fn quickstart_creates_a_working_appliance_and_a_second_run_changes_nothing() {
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
-    assert_eq!(
-        String::from_utf8_lossy(&status.stdout).trim(),
-        r#"{"keys":[],"token":"vbus-kms"}"#
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let mut keys: Vec<String> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            assert_eq!(
+                (
+                    k["class"].as_str(),
+                    k["sensitive"].as_bool(),
+                    k["extractable"].as_bool()
+                ),
+                (Some("private"), Some(true), Some(false))
+            );
+            k["label"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["internal-ca", "mfg-intermediate", "root-ca"]);
+
+    // The hierarchy and the two credentials, judged by openssl.
+    for (file, want) in [
+        ("officer/key.pem", 0o600),
+        ("stations/station-01/key.pem", 0o600),
+        ("officer", 0o700),
+        ("ca/root.pem", 0o644),
+    ] {
+        assert_eq!(mode(&dir.join(file)), want, "{file}");
+    }
+    for args in [
+        &["-CAfile", "ca/root.pem", "ca/root.pem"][..],
+        &["-CAfile", "ca/root.pem", "ca/intermediate.pem"],
+        &[
+            "-CAfile",
+            "officer/ca.pem",
+            "-purpose",
+            "sslclient",
+            "officer/cert.pem",
+        ],
+        &[
+            "-CAfile",
+            "stations/station-01/ca.pem",
+            "-purpose",
+            "sslclient",
+            "stations/station-01/cert.pem",
+        ],
+    ] {
+        let out = run(Command::new("openssl")
+            .arg("verify")
+            .args(args)
+            .current_dir(&dir));
+        assert!(
+            out.status.success(),
+            "openssl verify {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let inter = run(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(dir.join("ca/intermediate.pem")));
+    let inter = String::from_utf8_lossy(&inter.stdout);
+    assert!(
+        inter.contains("CA:TRUE, pathlen:0") && inter.contains("Certificate Sign, CRL Sign"),
+        "{inter}"
     );
 }
 
@@ -156,7 +217,7 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
         wait_for(&url),
         (
             200,
-            r#"{"status":"ok","token":{"keys":0,"label":"vbus-kms"}}"#.to_owned()
+            r#"{"status":"ok","token":{"keys":3,"label":"vbus-kms"}}"#.to_owned()
         )
     );
     assert_eq!(

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 pub use keys::{AesUsage, Extractable, KeyAlgorithm, KeyClass, KeyInfo, KeyPairKind};
 pub use ops::{PublicKey, Sealed, GCM_IV_LEN};
-pub use signers::{TokenCheckpointSigner, TokenKeyWrapper, TokenSigner};
+pub use signers::{TokenCheckpointSigner, TokenKeyWrapper, TokenRandom, TokenSigner};
 pub use uri::object_uri;
 
 use crate::config::TokenConfig;

@@ -153,3 +153,13 @@ impl escrow::KeyWrapper for TokenKeyWrapper {
         Ok(self.token.gcm_decrypt(&self.label, &sealed, aad)?)
     }
 }
+
+/// The token's random number generator as the CA's random source.
+#[derive(Debug)]
+pub struct TokenRandom(pub Arc<Token>);
+
+impl ca::Random for TokenRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), ca::SignerError> {
+        Ok(self.0.fill_random(buf)?)
+    }
+}

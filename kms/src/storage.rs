@@ -1,0 +1,132 @@
+//! The appliance's [`store::Store`] on sled 0.34.
+//!
+//! One sled tree per [`Tree`]. A commit is one sled transaction over every
+//! tree (all writes or none) followed by a flush, so `Ok` means durable.
+//! One process at a time may open the database (sled takes a file lock).
+
+use std::path::{Path, PathBuf};
+
+use sled::transaction::{abort, TransactionError};
+use sled::Transactional as _;
+use store::{Conflict, Error, Result, Store, Tree, Write};
+
+/// sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("{}: {e}", path.display()))
+}
+
+impl SledStore {
+    /// Open (or create) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    Error::Unavailable(format!(
+                        "{} is in use by another process (is kmsd running?)",
+                        path.display()
+                    ))
+                }
+                other => unavailable(path, other),
+            })?;
+        let trees = Tree::ALL
+            .iter()
+            .map(|t| db.open_tree(t.name()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| unavailable(path, e))?;
+        Ok(Self {
+            db,
+            trees,
+            path: path.to_owned(),
+        })
+    }
+
+    fn tree(&self, t: Tree) -> Result<&sled::Tree> {
+        Tree::ALL
+            .iter()
+            .position(|x| *x == t)
+            .and_then(|i| self.trees.get(i))
+            .ok_or_else(|| Error::Corrupt(format!("tree {} not opened", t.name())))
+    }
+
+    fn index(t: Tree) -> usize {
+        Tree::ALL.iter().position(|x| *x == t).unwrap_or(0)
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree(tree)?
+            .get(key)
+            .map_err(|e| unavailable(&self.path, e))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, tree: Tree, from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.tree(tree)?
+            .range(from..)
+            .take(limit)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|e| unavailable(&self.path, e))
+            })
+            .collect()
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<std::result::Result<(), Conflict>> {
+        let trees: Vec<&sled::Tree> = self.trees.iter().collect();
+        let outcome = trees[..].transaction(|views| {
+            for w in writes {
+                let (tree, key, expected, value) = match w {
+                    Write::Insert { tree, key, value } => (*tree, key, None, value),
+                    Write::Replace {
+                        tree,
+                        key,
+                        expected,
+                        value,
+                    } => (*tree, key, expected.as_deref(), value),
+                };
+                let view = &views[Self::index(tree)];
+                let current = view.get(key)?;
+                if current.as_deref() != expected {
+                    return abort(Conflict {
+                        tree,
+                        key: key.clone(),
+                        current: current.map(|v| v.to_vec()),
+                    });
+                }
+                view.insert(key.as_slice(), value.as_slice())?;
+            }
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {
+                self.db.flush().map_err(|e| unavailable(&self.path, e))?;
+                Ok(Ok(()))
+            }
+            Err(TransactionError::Abort(conflict)) => Ok(Err(conflict)),
+            Err(TransactionError::Storage(e)) => Err(unavailable(&self.path, e)),
+        }
+    }
+
+    fn len(&self, tree: Tree) -> Result<usize> {
+        Ok(self.tree(tree)?.len())
+    }
+}
