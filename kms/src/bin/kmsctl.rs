@@ -110,8 +110,21 @@ enum DeviceCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The stable code first, for scripts; then the whole story.
+            match e.chain().find_map(|c| c.downcast_ref::<kms::Error>()) {
+                Some(k) => eprintln!("error[{}]: {e:#}", k.code()),
+                None => eprintln!("error: {e:#}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Quickstart {
             dir,
