@@ -1,0 +1,133 @@
+//! Device certificates per second through the whole issuance path (CSR
+//! parse and verify, profile checks, build, lint, token sign, signature
+//! check, sled commit + flush), beside the bare token signature rate on the
+//! same token in the same run.
+//!
+//! `cargo bench -p kms --bench issuance`.
+
+#![allow(clippy::expect_used)] // a benchmark with a broken fixture should stop
+#![allow(missing_docs)] // criterion_group! generates an undocumented fn
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use kms::config::Config;
+use kms::pin::load_pin;
+use kms::storage::SledStore;
+use kms::token::Token;
+use softhsm_tests::SoftHsm;
+
+struct DeviceKey(p256::ecdsa::SigningKey, Vec<u8>);
+
+impl ca::Signer for DeviceKey {
+    fn algorithm(&self) -> ca::SignatureAlgorithm {
+        ca::SignatureAlgorithm::EcdsaP256Sha256
+    }
+    fn public_key_raw(&self) -> &[u8] {
+        &self.1
+    }
+    fn sign(&self, m: &[u8]) -> Result<Vec<u8>, ca::SignerError> {
+        use p256::ecdsa::signature::Signer;
+        let s: p256::ecdsa::Signature = self.0.sign(m);
+        Ok(s.to_der().as_bytes().to_vec())
+    }
+}
+
+/// (module serial, uuid, CSR DER) for device number `i`.
+fn request(i: u32) -> (String, String, Vec<u8>) {
+    let k = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let public = k
+        .verifying_key()
+        .to_encoded_point(false)
+        .as_bytes()
+        .to_vec();
+    let key = DeviceKey(k, public);
+    let serial = format!("VBUS-CPU-2412-{i:06}");
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, serial.as_str());
+    let signer = ca::RcgenSigner::new(&key);
+    let csr = p.serialize_request(&signer).expect("csr").der().to_vec();
+    (serial, format!("6f9619ff-8b86-4011-b42d-{i:012x}"), csr)
+}
+
+fn issuance(c: &mut Criterion) {
+    let hsm = SoftHsm::new("bench-ca");
+    hsm.export_env();
+    let data = hsm.dir().join("appliance");
+    let toml = format!(
+        "{}\n[ca]\ndir = {:?}\n\n[storage]\npath = {:?}\n",
+        hsm.token_toml()
+            .replacen("[token]\n", "[token]\npool_size = 4\n", 1),
+        data.join("ca").display().to_string(),
+        data.join("db").display().to_string()
+    );
+    let cfg = Config::parse(&toml, Path::new("/")).expect("config");
+    let token =
+        Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).expect("pin")).expect("token"));
+    kms::ceremony::init(&cfg, &token, "officer-01", &data.join("officer")).expect("init");
+    let store = Arc::new(SledStore::open(&cfg.storage.path).expect("store"));
+    let ca = kms::ceremony::load_ca(&cfg, &token, store).expect("ca");
+    let next = AtomicU32::new(0);
+
+    let mut g = c.benchmark_group("device_certificate");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(8));
+    g.sample_size(20);
+
+    // The raw token rate: a bare session, the intermediate key, C_Sign.
+    {
+        let session = token
+            .pkcs11()
+            .open_ro_session(token.slot().expect("slot"))
+            .expect("session");
+        let key = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Label(cfg.ca.intermediate_key.as_bytes().to_vec()),
+            ])
+            .expect("find")[0];
+        let digest = [7u8; 32];
+        g.bench_function("bare_token_sign_1_thread", |b| {
+            b.iter(|| session.sign(&Mechanism::Ecdsa, key, &digest).expect("sign"))
+        });
+    }
+
+    for threads in [1u32, 2] {
+        g.bench_function(format!("issue_{threads}_thread"), |b| {
+            b.iter_custom(|iters| {
+                // Requests are made before the clock starts: device work, not ours.
+                let reqs: Vec<_> = (0..iters)
+                    .map(|_| request(next.fetch_add(1, Ordering::Relaxed)))
+                    .collect();
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for chunk in reqs.chunks(reqs.len().div_ceil(threads as usize).max(1)) {
+                        let ca = &ca;
+                        s.spawn(move || {
+                            for (serial, uuid, csr) in chunk {
+                                ca.issue(&ca::IssueRequest {
+                                    module_serial: serial,
+                                    hw_uuid: uuid,
+                                    csr,
+                                })
+                                .expect("issue");
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, issuance);
+criterion_main!(benches);

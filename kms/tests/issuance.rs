@@ -1,0 +1,146 @@
+//! The device CA on the real token and the sled store: 10,000 issuances.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use kms::config::Config;
+use kms::pin::load_pin;
+use kms::storage::SledStore;
+use kms::token::Token;
+use softhsm_tests::SoftHsm;
+use store::{Store, Tree};
+
+/// A device key in memory, only to make CSRs.
+struct DeviceKey(p256::ecdsa::SigningKey, Vec<u8>);
+
+impl DeviceKey {
+    fn new() -> Self {
+        let k = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let public = k
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        Self(k, public)
+    }
+}
+
+impl ca::Signer for DeviceKey {
+    fn algorithm(&self) -> ca::SignatureAlgorithm {
+        ca::SignatureAlgorithm::EcdsaP256Sha256
+    }
+    fn public_key_raw(&self) -> &[u8] {
+        &self.1
+    }
+    fn sign(&self, m: &[u8]) -> Result<Vec<u8>, ca::SignerError> {
+        use p256::ecdsa::signature::Signer;
+        let s: p256::ecdsa::Signature = self.0.sign(m);
+        Ok(s.to_der().as_bytes().to_vec())
+    }
+}
+
+fn csr(serial: &str) -> Vec<u8> {
+    let key = DeviceKey::new();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, serial);
+    let signer = ca::RcgenSigner::new(&key);
+    let der = p.serialize_request(&signer).unwrap().der().to_vec();
+    der
+}
+
+fn uuid(i: u32) -> String {
+    format!("6f9619ff-8b86-4011-b42d-{i:012x}")
+}
+
+#[test]
+fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
+    let hsm = SoftHsm::new("t-issue");
+    hsm.export_env();
+    let data = hsm.dir().join("appliance");
+    let toml = format!(
+        "{}\n[ca]\ndir = {:?}\n\n[storage]\npath = {:?}\n",
+        hsm.token_toml(),
+        data.join("ca").display().to_string(),
+        data.join("db").display().to_string()
+    );
+    // [ca] and [storage] must come after [token.module_env]: append them.
+    let cfg = Config::parse(&toml, Path::new("/")).unwrap();
+    let token = Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).unwrap()).unwrap());
+    kms::ceremony::init(&cfg, &token, "officer-01", &data.join("officer")).unwrap();
+    let store = Arc::new(SledStore::open(&cfg.storage.path).unwrap());
+    let ca = Arc::new(kms::ceremony::load_ca(&cfg, &token, store.clone()).unwrap());
+
+    const N: u32 = 10_000;
+    const THREADS: u32 = 4;
+    let serials: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let ca = ca.clone();
+                s.spawn(move || {
+                    (t..N)
+                        .step_by(THREADS as usize)
+                        .map(|i| {
+                            let serial = format!("VBUS-CPU-2412-{i:06}");
+                            let issued = ca
+                                .issue(&ca::IssueRequest {
+                                    module_serial: &serial,
+                                    hw_uuid: &uuid(i),
+                                    csr: &csr(&serial),
+                                })
+                                .unwrap();
+                            assert!(issued.newly_issued);
+                            let cert = <x509_cert::Certificate as der::Decode>::from_der(
+                                &issued.certificate_der,
+                            )
+                            .unwrap();
+                            cert.tbs_certificate.serial_number.as_bytes().to_vec()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(serials.len(), N as usize);
+    let distinct: HashSet<_> = serials.iter().collect();
+    assert_eq!(distinct.len(), N as usize, "a serial was used twice");
+    let mut high_bit = 0;
+    for s in &serials {
+        // DER INTEGER content: 16 random bytes, with a leading 0x00 exactly
+        // when the first random byte has its high bit set (never negative).
+        match s.len() {
+            17 => {
+                assert_eq!(s[0], 0, "{s:02x?}");
+                assert!(s[1] & 0x80 != 0, "needless leading zero: {s:02x?}");
+                high_bit += 1;
+            }
+            16 => assert!(
+                (s[0] != 0 && s[0] & 0x80 == 0) || (s[0] == 0 && s[1] & 0x80 != 0),
+                "{s:02x?}"
+            ),
+            // A random value starting with 0x00 followed by a byte < 0x80
+            // encodes shorter; rare (1 in 512) and still 16 random bytes.
+            n => assert!((14..16).contains(&n), "{s:02x?}"),
+        }
+    }
+    // About half the serials have the high bit set: the bytes are random,
+    // not masked to look positive.
+    assert!(
+        (4_000..6_000).contains(&high_bit),
+        "{high_bit} of {N} with the high bit"
+    );
+    for tree in [
+        Tree::Certificates,
+        Tree::Devices,
+        Tree::HardwareIds,
+        Tree::PublicKeys,
+    ] {
+        assert_eq!(store.len(tree).unwrap(), N as usize, "{tree:?}");
+    }
+}
