@@ -19,6 +19,8 @@ mod oids;
 mod profile;
 mod records;
 mod signer;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use build::{
     ca_params, client_params, issuer_params, key_identifier, Basics, CaRole, HardwareModuleName,

@@ -22,41 +22,12 @@ use kms::storage::SledStore;
 use kms::token::Token;
 use softhsm_tests::SoftHsm;
 
-struct DeviceKey(p256::ecdsa::SigningKey, Vec<u8>);
-
-impl ca::Signer for DeviceKey {
-    fn algorithm(&self) -> ca::SignatureAlgorithm {
-        ca::SignatureAlgorithm::EcdsaP256Sha256
-    }
-    fn public_key_raw(&self) -> &[u8] {
-        &self.1
-    }
-    fn sign(&self, m: &[u8]) -> Result<Vec<u8>, ca::SignerError> {
-        use p256::ecdsa::signature::Signer;
-        let s: p256::ecdsa::Signature = self.0.sign(m);
-        Ok(s.to_der().as_bytes().to_vec())
-    }
-}
-
 /// (module serial, uuid, CSR DER) for device number `i`.
 fn request(i: u32) -> (String, String, Vec<u8>) {
-    let k = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
-    let public = k
-        .verifying_key()
-        .to_encoded_point(false)
-        .as_bytes()
-        .to_vec();
-    let key = DeviceKey(k, public);
     let serial = format!("VBUS-CPU-2412-{i:06}");
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, serial.as_str());
-    let signer = ca::RcgenSigner::new(&key);
-    let csr = p.serialize_request(&signer).expect("csr").der().to_vec();
+    let csr = ca::testing::device_csr(&serial);
     (serial, format!("6f9619ff-8b86-4011-b42d-{i:012x}"), csr)
 }
-
 fn issuance(c: &mut Criterion) {
     let hsm = SoftHsm::new("bench-ca");
     hsm.export_env();

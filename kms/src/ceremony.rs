@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::token::{KeyClass, KeyPairKind, Token, TokenRandom, TokenSigner};
 
 /// Root CA lifetime.
@@ -77,13 +77,6 @@ pub struct CaSummary {
     pub file: PathBuf,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// PEM of a DER certificate.
 pub fn pem(der: &[u8]) -> Result<String> {
     der::pem::encode_string("CERTIFICATE", LineEnding::LF, der)
@@ -114,7 +107,8 @@ pub fn read_cert(path: &Path) -> Result<Vec<u8>> {
     Ok(der)
 }
 
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+/// Write a new file (never overwriting) with `mode`, and sync it.
+pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -187,6 +187,14 @@ pub enum Error {
     Unreachable(&'static str),
 }
 
+/// `map_err` helper: an I/O error on `path`.
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 impl Error {
     /// The stable snake_case code used in API errors and audit records.
     pub fn code(&self) -> &'static str {

@@ -8,10 +8,10 @@
 //! Each step is skipped when its result exists, so running it again on a
 //! complete DIR changes nothing and an interrupted run can be finished.
 
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
+use std::fs;
+use std::io::Read;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use cryptoki::context::Pkcs11;
@@ -22,9 +22,9 @@ use zeroize::Zeroizing;
 
 use std::sync::Arc;
 
-use crate::ceremony::{self, CaFiles};
+use crate::ceremony::{self, write_new, CaFiles};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::pin::load_pin;
 use crate::token::{ck, initialize, Token};
 
@@ -51,13 +51,6 @@ pub struct Outcome {
     pub config: PathBuf,
     /// False when DIR was already complete and nothing was changed.
     pub created: bool,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// Set up DIR, or confirm it is already set up. The caller must have put
@@ -108,7 +101,7 @@ fn create_token_and_config(dir: &Path, config: &Path, opts: &Options) -> Result<
         .create(&tokens)
         .map_err(io(&tokens))?;
     let conf = softhsm_conf_path(dir);
-    write_file(
+    write_new(
         &conf,
         format!(
             "# SoftHSM2 token store of this quickstart appliance\n\
@@ -122,8 +115,8 @@ fn create_token_and_config(dir: &Path, config: &Path, opts: &Options) -> Result<
     let so_pin = random_pin()?;
     let user_pin = random_pin()?;
     init_token(&opts.module, &so_pin, &user_pin)?;
-    write_file(&dir.join("so-pin"), so_pin.as_bytes(), 0o600)?;
-    write_file(&dir.join("pin"), user_pin.as_bytes(), 0o600)?;
+    write_new(&dir.join("so-pin"), so_pin.as_bytes(), 0o600)?;
+    write_new(&dir.join("pin"), user_pin.as_bytes(), 0o600)?;
 
     let toml = format!(
         "# Written by `kmsctl quickstart`: a self-contained development appliance.\n\
@@ -137,13 +130,13 @@ fn create_token_and_config(dir: &Path, config: &Path, opts: &Options) -> Result<
         api = opts.api,
         publication = opts.publication,
     );
-    write_file(
+    write_new(
         &dir.join("profiles.toml"),
         ca::DEFAULT_PROFILES.as_bytes(),
         0o644,
     )?;
     // The config is written last: its presence means "token and config done".
-    write_file(config, toml.as_bytes(), 0o644)
+    write_new(config, toml.as_bytes(), 0o644)
 }
 
 /// The SoftHSM2 config file of a quickstart DIR (absolute when DIR is).
@@ -195,16 +188,4 @@ fn random_pin() -> Result<Zeroizing<String>> {
         .and_then(|mut f| f.read_exact(bytes.as_mut()))
         .map_err(io(path))?;
     Ok(Zeroizing::new(hex::encode(bytes.as_ref())))
-}
-
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io(path))
 }

@@ -12,45 +12,6 @@ use kms::token::Token;
 use softhsm_tests::SoftHsm;
 use store::{Store, Tree};
 
-/// A device key in memory, only to make CSRs.
-struct DeviceKey(p256::ecdsa::SigningKey, Vec<u8>);
-
-impl DeviceKey {
-    fn new() -> Self {
-        let k = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
-        let public = k
-            .verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec();
-        Self(k, public)
-    }
-}
-
-impl ca::Signer for DeviceKey {
-    fn algorithm(&self) -> ca::SignatureAlgorithm {
-        ca::SignatureAlgorithm::EcdsaP256Sha256
-    }
-    fn public_key_raw(&self) -> &[u8] {
-        &self.1
-    }
-    fn sign(&self, m: &[u8]) -> Result<Vec<u8>, ca::SignerError> {
-        use p256::ecdsa::signature::Signer;
-        let s: p256::ecdsa::Signature = self.0.sign(m);
-        Ok(s.to_der().as_bytes().to_vec())
-    }
-}
-
-fn csr(serial: &str) -> Vec<u8> {
-    let key = DeviceKey::new();
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, serial);
-    let signer = ca::RcgenSigner::new(&key);
-    let der = p.serialize_request(&signer).unwrap().der().to_vec();
-    der
-}
-
 fn uuid(i: u32) -> String {
     format!("6f9619ff-8b86-4011-b42d-{i:012x}")
 }
@@ -88,7 +49,7 @@ fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
                                 .issue(&ca::IssueRequest {
                                     module_serial: &serial,
                                     hw_uuid: &uuid(i),
-                                    csr: &csr(&serial),
+                                    csr: &ca::testing::device_csr(&serial),
                                 })
                                 .unwrap();
                             assert!(issued.newly_issued);

@@ -3,85 +3,14 @@
 
 use std::sync::Arc;
 
-use ca::{
-    Ca, CaRole, CaSettings, Clock, Profiles, Random, RcgenSigner, SignatureAlgorithm, Signer,
-    SignerError, Urls,
-};
+use ca::{Ca, CaRole, CaSettings, Clock, Profiles, RcgenSigner, Signer, Urls};
 use rand_core::{OsRng, RngCore};
 use time::macros::datetime;
 use time::OffsetDateTime;
 
 pub const NOW: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
 
-/// A P-256 key in memory.
-pub struct SoftP256 {
-    key: p256::ecdsa::SigningKey,
-    public: Vec<u8>,
-}
-
-impl SoftP256 {
-    pub fn generate() -> Self {
-        let key = p256::ecdsa::SigningKey::random(&mut OsRng);
-        let public = key
-            .verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec();
-        Self { key, public }
-    }
-}
-
-impl Signer for SoftP256 {
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::EcdsaP256Sha256
-    }
-    fn public_key_raw(&self) -> &[u8] {
-        &self.public
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignerError> {
-        use p256::ecdsa::signature::Signer as _;
-        let sig: p256::ecdsa::Signature = self.key.sign(message);
-        Ok(sig.to_der().as_bytes().to_vec())
-    }
-}
-
-/// An Ed25519 key in memory.
-pub struct SoftEd25519 {
-    key: ed25519_dalek::SigningKey,
-    public: Vec<u8>,
-}
-
-impl SoftEd25519 {
-    pub fn generate() -> Self {
-        let mut seed = [0u8; 32];
-        OsRng.fill_bytes(&mut seed);
-        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let public = key.verifying_key().to_bytes().to_vec();
-        Self { key, public }
-    }
-}
-
-impl Signer for SoftEd25519 {
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::Ed25519
-    }
-    fn public_key_raw(&self) -> &[u8] {
-        &self.public
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignerError> {
-        use ed25519_dalek::Signer as _;
-        Ok(self.key.sign(message).to_bytes().to_vec())
-    }
-}
-
-pub struct OsRandom;
-
-impl Random for OsRandom {
-    fn fill(&self, buf: &mut [u8]) -> Result<(), SignerError> {
-        OsRng.fill_bytes(buf);
-        Ok(())
-    }
-}
+pub use ca::testing::{OsRandom, SoftEd25519, SoftP256};
 
 pub struct FixedClock(pub OffsetDateTime);
 
@@ -152,10 +81,7 @@ pub fn urls() -> Urls {
 }
 
 pub fn new_ca(h: &Hierarchy, store: Arc<store::MemoryStore>, profiles: &str) -> Ca {
-    let signer = SoftP256 {
-        key: h.intermediate_key.key.clone(),
-        public: h.intermediate_key.public.clone(),
-    };
+    let signer = SoftP256::from_key(h.intermediate_key.key().clone());
     Ca::new(
         Box::new(signer),
         Box::new(OsRandom),
