@@ -1,14 +1,29 @@
 //! Hash-chained, append-only audit log for vBus KMS, with signed checkpoints
 //! and an offline verifier.
 //!
-//! Pure crate: the checkpoint key lives in the token, so the log only sees it
-//! through [`CheckpointSigner`], which the appliance implements on an Ed25519
-//! token key and unit tests implement in software.
+//! - [`Record`]: one operation, allowed or refused. Its body is its exact
+//!   JSON bytes; `hash_n = SHA-256(hash_{n-1} || body_n)`, `hash_0` = 32 zero
+//!   bytes (sequence numbers start at 1).
+//! - [`Log`]: the segment file with group commit: concurrent appenders are
+//!   batched into one write and one fsync, and each is told "durable" only
+//!   after it. The first failed write or fsync stops the log for good.
+//! - [`note`]: checkpoints as C2SP signed notes, signed through
+//!   [`CheckpointSigner`] (an Ed25519 token key in the appliance).
+//! - [`verify`]: the offline verifier of the JSON-lines export.
 //!
-//! The log itself (records, segments, group commit, verifier) arrives with the
-//! audit issue.
+//! Pure crate: no PKCS#11, no HTTP.
 
 #![forbid(unsafe_code)]
+
+mod error;
+mod log;
+pub mod note;
+mod record;
+pub mod verify;
+
+pub use error::{Error, Result};
+pub use log::{repair, Appended, Log, Options, RepairReport, CHECKPOINT_FILE, SEGMENT_FILE};
+pub use record::{chain, Entry, Record, GENESIS};
 
 /// Failure inside a [`CheckpointSigner`], passed through unchanged.
 pub type SignerError = Box<dyn std::error::Error + Send + Sync + 'static>;

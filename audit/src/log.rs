@@ -1,0 +1,516 @@
+//! The segment file, group commit, checkpoints file, open-time checks and
+//! repair.
+//!
+//! `audit.seg` starts with the 8 bytes `VBUSAUD1`, then one frame per record:
+//! `body length (u32, little-endian) || body (JSON) || hash_n (32 bytes)`.
+//! `checkpoints.seg` holds frames `note length (u32 LE) || note`.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::note::{Checkpoint, Verifier};
+use crate::record::{chain, Entry, Record, GENESIS};
+use crate::CheckpointSigner;
+
+/// The record segment's file name.
+pub const SEGMENT_FILE: &str = "audit.seg";
+/// The checkpoint file's name.
+pub const CHECKPOINT_FILE: &str = "checkpoints.seg";
+const MAGIC: &[u8; 8] = b"VBUSAUD1";
+/// Largest record body accepted (a record carrying a certificate is ~2 KiB).
+const MAX_BODY: u32 = 1 << 20;
+
+/// How the log behaves.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The log's name: checkpoint origin and key name.
+    pub origin: String,
+    /// Sign a checkpoint every this many records (0: only on request).
+    pub checkpoint_every: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            origin: "vbus-kms/audit".into(),
+            checkpoint_every: 1000,
+        }
+    }
+}
+
+/// A durable append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Its sequence number.
+    pub seq: u64,
+    /// `hash_seq`.
+    pub hash: [u8; 32],
+}
+
+struct State {
+    next_seq: u64,
+    last_hash: [u8; 32],
+    pending: Vec<u8>,
+    pending_head: (u64, [u8; 32]),
+    durable: (u64, [u8; 32]),
+    writing: bool,
+    failed: Option<String>,
+    last_checkpoint: u64,
+    appends: u64,
+    syncs: u64,
+}
+
+/// The open audit log.
+pub struct Log {
+    dir: PathBuf,
+    opts: Options,
+    signer: Option<Arc<dyn CheckpointSigner>>,
+    state: Mutex<State>,
+    written: Condvar,
+    segment: Mutex<File>,
+    checkpoints: Mutex<File>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a scan of the segment found.
+pub(crate) struct Scan {
+    pub records: u64,
+    pub head: [u8; 32],
+    /// Bytes of complete records, including the header.
+    pub valid_len: u64,
+    /// An incomplete last record: (offset, bytes).
+    pub torn: Option<(u64, u64)>,
+}
+
+/// Read every record, checking the chain; `visit(seq, body, hash)` sees each.
+pub(crate) fn scan(
+    path: &Path,
+    mut visit: impl FnMut(u64, &[u8], &[u8; 32]) -> Result<()>,
+) -> Result<Scan> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Scan {
+                records: 0,
+                head: GENESIS,
+                valid_len: 0,
+                torn: None,
+            })
+        }
+        Err(e) => return Err(io(path)(e)),
+    };
+    let total = file.metadata().map_err(io(path))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    if total < 8 {
+        return Ok(Scan {
+            records: 0,
+            head: GENESIS,
+            valid_len: 0,
+            torn: (total > 0).then_some((0, total)),
+        });
+    }
+    r.read_exact(&mut magic).map_err(io(path))?;
+    if &magic != MAGIC {
+        return Err(Error::Tampered {
+            seq: 1,
+            reason: format!("{} is not a vBus audit segment", path.display()),
+        });
+    }
+    let (mut offset, mut seq, mut head) = (8u64, 0u64, GENESIS);
+    let mut body = Vec::new();
+    loop {
+        let rest = total - offset;
+        if rest == 0 {
+            break;
+        }
+        let torn = Scan {
+            records: seq,
+            head,
+            valid_len: offset,
+            torn: Some((offset, rest)),
+        };
+        if rest < 4 {
+            return Ok(torn);
+        }
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).map_err(io(path))?;
+        let len = u32::from_le_bytes(len);
+        if len > MAX_BODY {
+            return Err(Error::Tampered {
+                seq: seq + 1,
+                reason: format!("record length {len} is implausible"),
+            });
+        }
+        if rest < 4 + u64::from(len) + 32 {
+            return Ok(torn);
+        }
+        body.resize(len as usize, 0);
+        r.read_exact(&mut body).map_err(io(path))?;
+        let mut stored = [0u8; 32];
+        r.read_exact(&mut stored).map_err(io(path))?;
+        seq += 1;
+        head = chain(&head, &body);
+        if head != stored {
+            return Err(Error::Tampered {
+                seq,
+                reason: "hash does not match the body and the previous hash".into(),
+            });
+        }
+        visit(seq, &body, &head)?;
+        offset += 4 + u64::from(len) + 32;
+    }
+    Ok(Scan {
+        records: seq,
+        head,
+        valid_len: offset,
+        torn: None,
+    })
+}
+
+/// Every checkpoint note stored beside the log, oldest first.
+pub(crate) fn read_checkpoints(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let mut out = Vec::new();
+    let mut rest = bytes.as_slice();
+    while rest.len() >= 4 {
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if rest.len() < 4 + len {
+            break; // a torn checkpoint write: the previous ones stand
+        }
+        let note = std::str::from_utf8(&rest[4..4 + len])
+            .map_err(|_| Error::Checkpoint("checkpoint is not UTF-8".into()))?;
+        out.push(note.to_owned());
+        rest = &rest[4 + len..];
+    }
+    Ok(out)
+}
+
+impl Log {
+    /// Open (or create) the log in `dir`, checking the whole chain, refusing
+    /// a torn tail, and refusing a log behind its newest checkpoint. With a
+    /// `signer`, checkpoints are signed and the stored ones are verified
+    /// with its key.
+    pub fn open(
+        dir: &Path,
+        opts: Options,
+        signer: Option<Arc<dyn CheckpointSigner>>,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let seg_path = dir.join(SEGMENT_FILE);
+        let notes = read_checkpoints(dir)?;
+        let newest = match (&signer, notes.last()) {
+            (Some(s), Some(note)) => {
+                Some(Verifier::from_key(&opts.origin, &s.public_key())?.open(note)?)
+            }
+            _ => None,
+        };
+        let mut head_at_checkpoint = None;
+        let scan = scan(&seg_path, |seq, _, hash| {
+            if newest.as_ref().is_some_and(|c| c.size == seq) {
+                head_at_checkpoint = Some(*hash);
+            }
+            Ok(())
+        })?;
+        if let Some((offset, bytes)) = scan.torn {
+            return Err(Error::TornTail {
+                last_complete: scan.records,
+                offset,
+                bytes,
+            });
+        }
+        if let Some(c) = &newest {
+            if c.size > scan.records {
+                return Err(Error::RolledBack {
+                    checkpoint: c.size,
+                    log: scan.records,
+                });
+            }
+            if c.size > 0 && head_at_checkpoint != Some(c.head) {
+                return Err(Error::Tampered {
+                    seq: c.size,
+                    reason: "head hash differs from the signed checkpoint".into(),
+                });
+            }
+        }
+        let mut segment = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&seg_path)
+            .map_err(io(&seg_path))?;
+        if scan.valid_len == 0 {
+            segment
+                .write_all(MAGIC)
+                .and_then(|_| segment.sync_all())
+                .map_err(io(&seg_path))?;
+            sync_dir(dir)?;
+        }
+        let cp_path = dir.join(CHECKPOINT_FILE);
+        let checkpoints = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cp_path)
+            .map_err(io(&cp_path))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            signer,
+            state: Mutex::new(State {
+                next_seq: scan.records + 1,
+                last_hash: scan.head,
+                pending: Vec::new(),
+                pending_head: (scan.records, scan.head),
+                durable: (scan.records, scan.head),
+                writing: false,
+                failed: None,
+                last_checkpoint: newest.map_or(0, |c| c.size),
+                appends: 0,
+                syncs: 0,
+            }),
+            written: Condvar::new(),
+            segment: Mutex::new(segment),
+            checkpoints: Mutex::new(checkpoints),
+            opts,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Append `entry`; returns once it is on disk (fsync), batched with
+    /// whatever other threads append at the same time.
+    pub fn append(&self, entry: Entry) -> Result<Appended> {
+        let mut st = self.lock();
+        if let Some(why) = &st.failed {
+            return Err(Error::Unavailable(why.clone()));
+        }
+        let seq = st.next_seq;
+        let record = Record {
+            seq,
+            time_ms: now_ms(),
+            actor: entry.actor,
+            op: entry.op,
+            subject: entry.subject,
+            result: entry.result,
+            details: entry.details,
+        };
+        let body = serde_json::to_vec(&record).map_err(|e| Error::Encoding(e.to_string()))?;
+        let len = u32::try_from(body.len())
+            .ok()
+            .filter(|l| *l <= MAX_BODY)
+            .ok_or_else(|| Error::Encoding("record too large".into()))?;
+        let hash = chain(&st.last_hash, &body);
+        st.next_seq += 1;
+        st.last_hash = hash;
+        st.pending.extend_from_slice(&len.to_le_bytes());
+        st.pending.extend_from_slice(&body);
+        st.pending.extend_from_slice(&hash);
+        st.pending_head = (seq, hash);
+        st.appends += 1;
+        loop {
+            if st.durable.0 >= seq {
+                break;
+            }
+            if let Some(why) = &st.failed {
+                return Err(Error::Unavailable(why.clone()));
+            }
+            if !st.writing && !st.pending.is_empty() {
+                // Lead this batch: everything pending goes in one write + fsync.
+                st.writing = true;
+                let batch = std::mem::take(&mut st.pending);
+                let head = st.pending_head;
+                drop(st);
+                let result = {
+                    let mut f = self.segment.lock().unwrap_or_else(|p| p.into_inner());
+                    f.write_all(&batch).and_then(|_| f.sync_data())
+                };
+                st = self.lock();
+                st.writing = false;
+                st.syncs += 1;
+                match result {
+                    Ok(()) => st.durable = head,
+                    // Never retry: after a failed fsync the kernel may have
+                    // dropped the pages, and a later fsync would lie.
+                    Err(e) => {
+                        st.failed = Some(format!("write or fsync of the audit segment failed: {e}"))
+                    }
+                }
+                self.written.notify_all();
+                continue;
+            }
+            st = self.written.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        let due = self.opts.checkpoint_every > 0 && seq % self.opts.checkpoint_every == 0;
+        drop(st);
+        if due {
+            // The record is durable whatever happens here; a failed
+            // checkpoint is retried at the next one.
+            let _ = self.checkpoint();
+        }
+        Ok(Appended { seq, hash })
+    }
+
+    /// Appends and write+fsync batches since open: group commit at work
+    /// when the second is smaller.
+    pub fn stats(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.appends, st.syncs)
+    }
+
+    /// The durable head: (records, hash).
+    pub fn head(&self) -> (u64, [u8; 32]) {
+        self.lock().durable
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sign and store a checkpoint of the durable head now (if it moved).
+    pub fn checkpoint(&self) -> Result<Option<String>> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let mut cp_file = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let (size, head) = self.head();
+        if size == 0 || size <= self.lock().last_checkpoint {
+            return Ok(None);
+        }
+        let cp = Checkpoint {
+            origin: self.opts.origin.clone(),
+            size,
+            head,
+            time_ms: now_ms(),
+        };
+        let note = cp.sign(signer.as_ref())?;
+        let mut frame = (note.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(note.as_bytes());
+        let path = self.dir.join(CHECKPOINT_FILE);
+        cp_file
+            .write_all(&frame)
+            .and_then(|_| cp_file.sync_data())
+            .map_err(io(&path))?;
+        self.lock().last_checkpoint = size;
+        Ok(Some(note))
+    }
+
+    /// The newest stored checkpoint note.
+    pub fn latest_checkpoint(&self) -> Result<Option<String>> {
+        Ok(read_checkpoints(&self.dir)?.pop())
+    }
+
+    /// Write the JSON-lines export of records `from..` with the checkpoint
+    /// lines after the record each covers. Returns the number of records.
+    pub fn export(dir: &Path, from: u64, out: &mut dyn Write) -> Result<u64> {
+        let mut notes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for note in read_checkpoints(dir)? {
+            let size = note
+                .lines()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            notes.entry(size).or_default().push(note);
+        }
+        let path = dir.join(SEGMENT_FILE);
+        let mut n = 0;
+        let w = |e: std::io::Error| Error::Io {
+            path: PathBuf::from("export"),
+            source: e,
+        };
+        let scan = scan(&path, |seq, body, hash| {
+            if seq >= from {
+                let text = std::str::from_utf8(body).map_err(|_| Error::Tampered {
+                    seq,
+                    reason: "body is not UTF-8".into(),
+                })?;
+                let line =
+                    serde_json::json!({ "seq": seq, "body": text, "hash": hex::encode(hash) });
+                writeln!(out, "{line}").map_err(w)?;
+                n += 1;
+            }
+            for note in notes.get(&seq).into_iter().flatten() {
+                writeln!(out, "{}", serde_json::json!({ "checkpoint": note })).map_err(w)?;
+            }
+            Ok(())
+        })?;
+        if let Some((offset, bytes)) = scan.torn {
+            return Err(Error::TornTail {
+                last_complete: scan.records,
+                offset,
+                bytes,
+            });
+        }
+        Ok(n)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// What `repair` found (and, unless a dry run, dropped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Complete records kept.
+    pub records: u64,
+    /// Offset of the incomplete tail, if any.
+    pub offset: u64,
+    /// Its bytes (empty when the log was complete).
+    pub dropped: Vec<u8>,
+}
+
+/// Find an incomplete tail and, unless `dry_run`, truncate exactly it.
+/// A log whose complete records do not chain is never "repaired".
+pub fn repair(dir: &Path, dry_run: bool) -> Result<RepairReport> {
+    let path = dir.join(SEGMENT_FILE);
+    let scan = scan(&path, |_, _, _| Ok(()))?;
+    let Some((offset, _)) = scan.torn else {
+        return Ok(RepairReport {
+            records: scan.records,
+            offset: scan.valid_len,
+            dropped: Vec::new(),
+        });
+    };
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    let mut dropped = Vec::new();
+    f.seek(SeekFrom::Start(offset))
+        .and_then(|_| f.read_to_end(&mut dropped))
+        .map_err(io(&path))?;
+    if !dry_run {
+        f.set_len(offset)
+            .and_then(|_| f.sync_all())
+            .map_err(io(&path))?;
+    }
+    Ok(RepairReport {
+        records: scan.records,
+        offset,
+        dropped,
+    })
+}
