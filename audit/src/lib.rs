@@ -22,7 +22,9 @@ mod record;
 pub mod verify;
 
 pub use error::{Error, Result};
-pub use log::{repair, Appended, Log, Options, RepairReport, CHECKPOINT_FILE, SEGMENT_FILE};
+pub use log::{
+    for_each_record, repair, Appended, Log, Options, RepairReport, CHECKPOINT_FILE, SEGMENT_FILE,
+};
 pub use record::{chain, Entry, Record, GENESIS};
 
 /// Failure inside a [`CheckpointSigner`], passed through unchanged.

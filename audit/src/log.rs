@@ -514,3 +514,17 @@ pub fn repair(dir: &Path, dry_run: bool) -> Result<RepairReport> {
         dropped,
     })
 }
+
+/// Call `visit` with every record of the log in `dir`, in order, after its
+/// chain link is checked. A torn tail is reported as an error.
+pub fn for_each_record(dir: &Path, mut visit: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<u64> {
+    let scan = scan(&dir.join(SEGMENT_FILE), |seq, body, _| visit(seq, body))?;
+    if let Some((offset, bytes)) = scan.torn {
+        return Err(Error::TornTail {
+            last_complete: scan.records,
+            offset,
+            bytes,
+        });
+    }
+    Ok(scan.records)
+}

@@ -160,6 +160,9 @@ pub enum Error {
     /// The random source failed.
     #[error("random source failed: {0}")]
     Random(#[source] SignerError),
+    /// The journal (audit log) could not record the issuance; nothing was stored.
+    #[error("could not record the issuance: {0}")]
+    Journal(#[source] SignerError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -204,6 +207,7 @@ impl Error {
             Error::Issuer(_) => "issuer_invalid",
             Error::Signer(_) => "signer_failed",
             Error::Random(_) => "random_failed",
+            Error::Journal(_) => "audit_unavailable",
             Error::Store(_) => "storage_unavailable",
             Error::Encoding(_) => "internal_error",
         }

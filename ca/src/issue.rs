@@ -27,6 +27,15 @@ pub trait Random: Send + Sync {
     fn fill(&self, buf: &mut [u8]) -> Result<(), SignerError>;
 }
 
+/// Where an issuance is recorded before it takes effect (the audit log in
+/// the appliance). Called after the certificate is signed and verified and
+/// before the store commit: if it fails, nothing is stored and the caller
+/// gets [`Error::Journal`].
+pub trait Journal: Send + Sync {
+    /// Record that `record` is about to be stored.
+    fn issued(&self, record: &CertificateRecord) -> Result<(), SignerError>;
+}
+
 /// The current time (injected so tests can fix it).
 pub trait Clock: Send + Sync {
     /// Now, UTC.
@@ -168,7 +177,7 @@ impl Ca {
 
     /// Check a request and issue, or return the stored certificate when the
     /// same device asks again with the same key. A refusal changes nothing.
-    pub fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued> {
+    pub fn issue(&self, req: &IssueRequest<'_>, journal: &dyn Journal) -> Result<Issued> {
         let now = self.clock.now();
         let module = ModuleSerial::parse(req.module_serial, now)?;
         let profile = self.settings.profiles.get(module.module_type())?;
@@ -241,6 +250,14 @@ impl Ca {
                 not_after: rfc3339(not_after),
                 der: base64::engine::general_purpose::STANDARD.encode(&der),
             };
+            if self
+                .store
+                .get(Tree::Certificates, serial_number.as_bytes())?
+                .is_some()
+            {
+                continue; // a 2^-128 serial collision: draw again before journaling
+            }
+            journal.issued(&record).map_err(Error::Journal)?;
             match self.commit(&record, device.as_ref())? {
                 Ok(()) => {
                     return Ok(Issued {
@@ -474,6 +491,22 @@ impl Ca {
             if self.store.commit(&[write])?.is_ok() {
                 return Ok(());
             }
+        }
+    }
+
+    /// Store a certificate the journal holds but the store lacks (after a
+    /// crash between the two). Returns false when it is already stored.
+    pub fn restore(&self, record: &CertificateRecord) -> Result<bool> {
+        if self.certificate(&record.serial_number)?.is_some() {
+            return Ok(false);
+        }
+        let old = self.device(&record.module_serial)?;
+        match self.commit(record, old.as_ref())? {
+            Ok(()) => Ok(true),
+            Err(c) => Err(Error::Store(store::Error::Corrupt(format!(
+                "cannot restore certificate {}: {:?} conflicts",
+                record.serial_number, c.tree
+            )))),
         }
     }
 

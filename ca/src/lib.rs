@@ -30,8 +30,8 @@ pub use csr::{check as check_csr, CheckedCsr, MAX_CSR_BYTES};
 pub use error::{Error, Result};
 pub use ident::{HwUuid, ModuleSerial, ModuleType};
 pub use issue::{
-    Ca, CaSettings, Clock, IssueRequest, Issued, Random, SystemClock, BACKDATE, DEFAULT_HW_TYPE,
-    SERIAL_BYTES,
+    Ca, CaSettings, Clock, IssueRequest, Issued, Journal, Random, SystemClock, BACKDATE,
+    DEFAULT_HW_TYPE, SERIAL_BYTES,
 };
 pub use profile::{EkuName, KeyType, KeyUsageName, Profile, Profiles, DEFAULT_PROFILES};
 pub use records::{CertificateRecord, DeviceRecord};

@@ -98,3 +98,17 @@ pub fn device_csr(serial: &str) -> Vec<u8> {
     let csr = p.serialize_request(&signer).map(|c| c.der().to_vec());
     csr.unwrap_or_default()
 }
+
+/// A journal that keeps what it is told, in memory.
+#[derive(Default)]
+pub struct MemoryJournal(pub std::sync::Mutex<Vec<crate::CertificateRecord>>);
+
+impl crate::Journal for MemoryJournal {
+    fn issued(&self, record: &crate::CertificateRecord) -> Result<(), SignerError> {
+        self.0
+            .lock()
+            .map_err(|_| "journal lock poisoned")?
+            .push(record.clone());
+        Ok(())
+    }
+}

@@ -19,14 +19,18 @@ fn issued_certificate_is_exactly_the_profile() {
     let h = hierarchy();
     let store = Arc::new(MemoryStore::new());
     let ca = new_ca(&h, store.clone(), ca::DEFAULT_PROFILES);
+    let journal = ca::testing::MemoryJournal::default();
     let device = SoftP256::generate();
     let id = uuid();
     let issued = ca
-        .issue(&IssueRequest {
-            module_serial: CPU,
-            hw_uuid: &id,
-            csr: &csr(&device, CPU, &id),
-        })
+        .issue(
+            &IssueRequest {
+                module_serial: CPU,
+                hw_uuid: &id,
+                csr: &csr(&device, CPU, &id),
+            },
+            &journal,
+        )
         .unwrap();
     assert!(issued.newly_issued);
     let cert = Certificate::from_der(&issued.certificate_der).unwrap();
@@ -139,6 +143,7 @@ fn same_request_returns_the_same_certificate_and_a_new_key_needs_an_officer() {
     let h = hierarchy();
     let store = Arc::new(MemoryStore::new());
     let ca = new_ca(&h, store.clone(), ca::DEFAULT_PROFILES);
+    let journal = ca::testing::MemoryJournal::default();
     let (k1, k2, k3) = (
         SoftP256::generate(),
         SoftP256::generate(),
@@ -146,11 +151,14 @@ fn same_request_returns_the_same_certificate_and_a_new_key_needs_an_officer() {
     );
     let id = uuid();
     let req = |c: &[u8]| {
-        ca.issue(&IssueRequest {
-            module_serial: CPU,
-            hw_uuid: &id,
-            csr: c,
-        })
+        ca.issue(
+            &IssueRequest {
+                module_serial: CPU,
+                hw_uuid: &id,
+                csr: c,
+            },
+            &journal,
+        )
     };
     let first = req(&csr(&k1, CPU, &id)).unwrap();
     // The same key in a fresh CSR: the stored certificate, nothing new.
@@ -209,12 +217,16 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
         .collect::<Vec<_>>()
         .join("\n\n");
     let ca = new_ca(&h, store.clone(), &profiles);
+    let journal = ca::testing::MemoryJournal::default();
     assert_eq!(
-        ca.issue(&IssueRequest {
-            module_serial: "VBUS-PWR-2412-000001",
-            hw_uuid: &uuid(),
-            csr: b""
-        })
+        ca.issue(
+            &IssueRequest {
+                module_serial: "VBUS-PWR-2412-000001",
+                hw_uuid: &uuid(),
+                csr: b""
+            },
+            &journal
+        )
         .unwrap_err()
         .code(),
         "profile_not_found"
@@ -223,11 +235,14 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
     // An existing device, to collide with.
     let taken_key = SoftP256::generate();
     let taken_uuid = uuid();
-    ca.issue(&IssueRequest {
-        module_serial: "VBUS-CPU-2412-000100",
-        hw_uuid: &taken_uuid,
-        csr: &csr(&taken_key, "VBUS-CPU-2412-000100", &taken_uuid),
-    })
+    ca.issue(
+        &IssueRequest {
+            module_serial: "VBUS-CPU-2412-000100",
+            hw_uuid: &taken_uuid,
+            csr: &csr(&taken_key, "VBUS-CPU-2412-000100", &taken_uuid),
+        },
+        &journal,
+    )
     .unwrap();
     let before = store.snapshot().unwrap();
 
@@ -548,11 +563,14 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
     let mut codes = std::collections::BTreeSet::new();
     for (case, serial, hw, csr, code) in &rows {
         let err = ca
-            .issue(&IssueRequest {
-                module_serial: serial,
-                hw_uuid: hw,
-                csr,
-            })
+            .issue(
+                &IssueRequest {
+                    module_serial: serial,
+                    hw_uuid: hw,
+                    csr,
+                },
+                &journal,
+            )
             .unwrap_err();
         assert_eq!(err.code(), *code, "{case}: {err}");
         assert_eq!(
@@ -572,11 +590,14 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
         ("ed25519.csr", "ed25519"),
     ] {
         let issued = ca
-            .issue(&IssueRequest {
-                module_serial: comm,
-                hw_uuid: &comm_uuid,
-                csr: &fixture(name),
-            })
+            .issue(
+                &IssueRequest {
+                    module_serial: comm,
+                    hw_uuid: &comm_uuid,
+                    csr: &fixture(name),
+                },
+                &journal,
+            )
             .map(|i| i.serial_number);
         // One device, several keys: only the first is accepted without an officer.
         match issued {

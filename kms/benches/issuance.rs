@@ -33,18 +33,27 @@ fn issuance(c: &mut Criterion) {
     hsm.export_env();
     let data = hsm.dir().join("appliance");
     let toml = format!(
-        "{}\n[ca]\ndir = {:?}\n\n[storage]\npath = {:?}\n",
+        "{}\n[ca]\ndir = {:?}\n\n[storage]\npath = {:?}\n\n[audit]\ndir = {:?}\n",
         hsm.token_toml()
             .replacen("[token]\n", "[token]\npool_size = 4\n", 1),
         data.join("ca").display().to_string(),
-        data.join("db").display().to_string()
+        data.join("db").display().to_string(),
+        data.join("audit").display().to_string()
     );
     let cfg = Config::parse(&toml, Path::new("/")).expect("config");
     let token =
         Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).expect("pin")).expect("token"));
-    kms::ceremony::init(&cfg, &token, "officer-01", &data.join("officer")).expect("init");
+    kms::ceremony::init(
+        &cfg,
+        &token,
+        "local:test",
+        "officer-01",
+        &data.join("officer"),
+    )
+    .expect("init");
     let store = Arc::new(SledStore::open(&cfg.storage.path).expect("store"));
     let ca = kms::ceremony::load_ca(&cfg, &token, store).expect("ca");
+    let log = kms::auditing::open(&cfg, &token).expect("audit");
     let next = AtomicU32::new(0);
 
     let mut g = c.benchmark_group("device_certificate");
@@ -81,13 +90,19 @@ fn issuance(c: &mut Criterion) {
                 std::thread::scope(|s| {
                     for chunk in reqs.chunks(reqs.len().div_ceil(threads as usize).max(1)) {
                         let ca = &ca;
+                        let log = &log;
                         s.spawn(move || {
                             for (serial, uuid, csr) in chunk {
-                                ca.issue(&ca::IssueRequest {
-                                    module_serial: serial,
-                                    hw_uuid: uuid,
-                                    csr,
-                                })
+                                kms::auditing::issue(
+                                    ca,
+                                    log,
+                                    "station-01",
+                                    &ca::IssueRequest {
+                                        module_serial: serial,
+                                        hw_uuid: uuid,
+                                        csr,
+                                    },
+                                )
                                 .expect("issue");
                             }
                         });

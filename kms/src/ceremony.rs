@@ -154,6 +154,7 @@ pub struct InitReport {
 pub fn init(
     cfg: &Config,
     token: &Arc<Token>,
+    actor: &str,
     officer_id: &str,
     officer_dir: &Path,
 ) -> Result<InitReport> {
@@ -187,9 +188,11 @@ pub fn init(
             officer_dir.display()
         )));
     }
-    for label in labels {
+    for label in &labels[..3] {
         token.generate_key_pair(KeyPairKind::EcP256, label)?;
     }
+    token.generate_key_pair(KeyPairKind::Ed25519, &cfg.audit.key)?;
+    let log = crate::auditing::open(cfg, token)?;
     let org = &cfg.ca.organization;
     let publication = cfg.publication_url();
 
@@ -248,9 +251,24 @@ pub fn init(
         0o644,
     )?;
 
-    issue_client(cfg, token, officer_id, "officer", officer_dir)?;
+    let cas = show(cfg, token)?;
+    crate::auditing::record(
+        &log,
+        actor,
+        "appliance.init",
+        &cfg.ca.organization,
+        "ok",
+        serde_json::json!({
+            "certificates": cas.iter().map(|c| serde_json::json!({
+                "name": c.name, "serial_number": c.serial_number, "sha256": c.sha256_fingerprint, "key": c.key_uri,
+            })).collect::<Vec<_>>(),
+            "audit_key": audit::note::verifier_key(&cfg.audit.origin, &token_audit_public(cfg, token)?),
+        }),
+    )?;
+    issue_client(cfg, token, &log, actor, officer_id, "officer", officer_dir)?;
+    log.checkpoint()?;
     Ok(InitReport {
-        cas: show(cfg, token)?,
+        cas,
         officer_dir: officer_dir.to_owned(),
     })
 }
@@ -275,6 +293,8 @@ fn check_id(id: &str) -> Result<()> {
 pub fn issue_client(
     cfg: &Config,
     token: &Arc<Token>,
+    log: &audit::Log,
+    actor: &str,
     id: &str,
     role: &str,
     dir: &Path,
@@ -313,7 +333,27 @@ pub fn issue_client(
     write_new(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
     write_new(&dir.join("cert.pem"), pem(cert.der())?.as_bytes(), 0o644)?;
     write_new(&dir.join("ca.pem"), pem(&internal_der)?.as_bytes(), 0o644)?;
-    Ok(())
+    crate::auditing::record(
+        log,
+        actor,
+        "credential.issue",
+        id,
+        "ok",
+        serde_json::json!({ "role": role, "sha256": hex::encode(Sha256::digest(cert.der())) }),
+    )
+}
+
+fn token_audit_public(cfg: &Config, token: &Arc<Token>) -> Result<[u8; 32]> {
+    use audit::CheckpointSigner as _;
+    Ok(crate::token::TokenCheckpointSigner::new(token.clone(), &cfg.audit.key)?.public_key())
+}
+
+/// The C2SP verifier key of the audit log.
+pub fn audit_verifier_key(cfg: &Config, token: &Arc<Token>) -> Result<String> {
+    Ok(audit::note::verifier_key(
+        &cfg.audit.origin,
+        &token_audit_public(cfg, token)?,
+    ))
 }
 
 /// The CA hierarchy as it stands: one summary per certificate.

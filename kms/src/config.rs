@@ -27,6 +27,38 @@ pub struct Config {
     /// The state database.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: where the log lives and how it is checkpointed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Directory of the segment and checkpoint files.
+    #[serde(default = "defaults::audit_dir")]
+    pub dir: PathBuf,
+    /// Token label of the Ed25519 checkpoint key.
+    #[serde(default = "defaults::audit_key")]
+    pub key: String,
+    /// Checkpoint origin and key name.
+    #[serde(default = "defaults::audit_origin")]
+    pub origin: String,
+    /// Sign a checkpoint every this many records.
+    #[serde(default = "defaults::checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            dir: defaults::audit_dir(),
+            key: defaults::audit_key(),
+            origin: defaults::audit_origin(),
+            checkpoint_every: defaults::checkpoint_every(),
+        }
+    }
 }
 
 /// `[ca]`: where the CA certificates live, the token key labels, and what
@@ -168,6 +200,18 @@ mod defaults {
     pub fn storage_path() -> PathBuf {
         "data".into()
     }
+    pub fn audit_dir() -> PathBuf {
+        "audit".into()
+    }
+    pub fn audit_key() -> String {
+        "audit-key".into()
+    }
+    pub fn audit_origin() -> String {
+        "vbus-kms/audit".into()
+    }
+    pub fn checkpoint_every() -> u64 {
+        1000
+    }
 
     pub fn pool_size() -> usize {
         4
@@ -218,6 +262,12 @@ impl Config {
         cfg.ca.dir = resolve(base, &cfg.ca.dir);
         cfg.ca.profiles = cfg.ca.profiles.as_deref().map(|p| resolve(base, p));
         cfg.storage.path = resolve(base, &cfg.storage.path);
+        cfg.audit.dir = resolve(base, &cfg.audit.dir);
+        if cfg.audit.origin.is_empty() || cfg.audit.origin.contains(['+', ' ', '\n']) {
+            return Err(
+                "audit.origin must be non-empty without spaces or '+' (a C2SP key name)".into(),
+            );
+        }
         if cfg
             .ca
             .hw_type_oid

@@ -170,6 +170,10 @@ pub enum Error {
     #[error(transparent)]
     Ca(#[from] ca::Error),
 
+    /// The audit log refused or failed.
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
+
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -216,6 +220,7 @@ impl Error {
                 .map_or("token_error", Error::code),
             Error::Ca(e) => e.code(),
             Error::Store(_) => "storage_unavailable",
+            Error::Audit(e) => e.code(),
             Error::AlreadyInitialized(_) => "already_initialized",
             Error::NotInitialized(_) => "not_initialized",
             Error::Unreachable(_) => "internal_error",
@@ -239,6 +244,8 @@ impl Error {
                 .map_or(500, Error::http_status),
             Error::Ca(e) => ca_status(e),
             Error::Store(_) => 503,
+            Error::Audit(audit::Error::Encoding(_)) => 500,
+            Error::Audit(_) => 503,
             Error::AlreadyInitialized(_) => 409,
             Error::NotInitialized(_) => 503,
             Error::Config { .. }
@@ -261,7 +268,7 @@ fn ca_status(e: &ca::Error) -> u16 {
         | C::PublicKeyInUse { .. } => 409,
         C::DeviceNotFound(_) => 404,
         C::CsrTooLarge { .. } => 413,
-        C::Store(_) | C::IssuerExpired(_) | C::Signer(_) | C::Random(_) => 503,
+        C::Store(_) | C::IssuerExpired(_) | C::Signer(_) | C::Random(_) | C::Journal(_) => 503,
         C::ProfileViolation(_)
         | C::IssuedSignatureInvalid
         | C::ProfileConfig(_)

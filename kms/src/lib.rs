@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auditing;
 pub mod ceremony;
 pub mod config;
 pub mod error;

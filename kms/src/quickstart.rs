@@ -66,13 +66,16 @@ pub fn run(dir: &Path, opts: &Options) -> Result<Outcome> {
     let cfg = Config::load(&config)?;
     let pin = load_pin(&cfg.token)?;
     let token = Arc::new(Token::open(&cfg.token, pin)?);
+    let actor = crate::auditing::local_actor();
     if !CaFiles::of(&cfg).root.exists() {
-        ceremony::init(&cfg, &token, OFFICER_ID, &dir.join("officer"))?;
+        ceremony::init(&cfg, &token, &actor, OFFICER_ID, &dir.join("officer"))?;
         created = true;
     }
     let station = dir.join("stations").join(STATION_ID);
     if !station.exists() {
-        ceremony::issue_client(&cfg, &token, STATION_ID, "station", &station)?;
+        let log = crate::auditing::open(&cfg, &token)?;
+        ceremony::issue_client(&cfg, &token, &log, &actor, STATION_ID, "station", &station)?;
+        log.checkpoint()?;
         created = true;
     }
     Ok(Outcome { config, created })
@@ -124,7 +127,8 @@ fn create_token_and_config(dir: &Path, config: &Path, opts: &Options) -> Result<
          [token.module_env]\nSOFTHSM2_CONF = {conf:?}\n\n\
          [server]\napi_listen = \"{api}\"\npublication_listen = \"{publication}\"\n\n\
          [ca]\nprofiles = \"profiles.toml\"\n\n\
-         [storage]\npath = \"data\"\n",
+         [storage]\npath = \"data\"\n\n\
+         [audit]\ndir = \"audit\"\n",
         module = opts.module.display().to_string(),
         conf = conf.display().to_string(),
         api = opts.api,

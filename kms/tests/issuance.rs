@@ -22,17 +22,26 @@ fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
     hsm.export_env();
     let data = hsm.dir().join("appliance");
     let toml = format!(
-        "{}\n[ca]\ndir = {:?}\n\n[storage]\npath = {:?}\n",
+        "{}\n[ca]\ndir = {:?}\n\n[storage]\npath = {:?}\n\n[audit]\ndir = {:?}\n",
         hsm.token_toml(),
         data.join("ca").display().to_string(),
-        data.join("db").display().to_string()
+        data.join("db").display().to_string(),
+        data.join("audit").display().to_string()
     );
     // [ca] and [storage] must come after [token.module_env]: append them.
     let cfg = Config::parse(&toml, Path::new("/")).unwrap();
     let token = Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).unwrap()).unwrap());
-    kms::ceremony::init(&cfg, &token, "officer-01", &data.join("officer")).unwrap();
+    kms::ceremony::init(
+        &cfg,
+        &token,
+        "local:test",
+        "officer-01",
+        &data.join("officer"),
+    )
+    .unwrap();
     let store = Arc::new(SledStore::open(&cfg.storage.path).unwrap());
     let ca = Arc::new(kms::ceremony::load_ca(&cfg, &token, store.clone()).unwrap());
+    let log = kms::auditing::open(&cfg, &token).unwrap();
 
     const N: u32 = 10_000;
     const THREADS: u32 = 4;
@@ -40,18 +49,23 @@ fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
                 let ca = ca.clone();
+                let log = &log;
                 s.spawn(move || {
                     (t..N)
                         .step_by(THREADS as usize)
                         .map(|i| {
                             let serial = format!("VBUS-CPU-2412-{i:06}");
-                            let issued = ca
-                                .issue(&ca::IssueRequest {
+                            let issued = kms::auditing::issue(
+                                &ca,
+                                log,
+                                "station-01",
+                                &ca::IssueRequest {
                                     module_serial: &serial,
                                     hw_uuid: &uuid(i),
                                     csr: &ca::testing::device_csr(&serial),
-                                })
-                                .unwrap();
+                                },
+                            )
+                            .unwrap();
                             assert!(issued.newly_issued);
                             let cert = <x509_cert::Certificate as der::Decode>::from_der(
                                 &issued.certificate_der,

@@ -148,7 +148,7 @@ fn quickstart_creates_a_working_appliance_and_a_second_run_changes_nothing() {
         })
         .collect();
     keys.sort();
-    assert_eq!(keys, ["internal-ca", "mfg-intermediate", "root-ca"]);
+    assert_eq!(keys, ["audit-key", "internal-ca", "mfg-intermediate", "root-ca"]);
 
     // The hierarchy and the two credentials, judged by openssl.
     for (file, want) in [
@@ -217,7 +217,7 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
         wait_for(&url),
         (
             200,
-            r#"{"status":"ok","token":{"keys":3,"label":"vbus-kms"}}"#.to_owned()
+            r#"{"status":"ok","token":{"keys":4,"label":"vbus-kms"}}"#.to_owned()
         )
     );
     assert_eq!(

@@ -1,11 +1,13 @@
 //! `kmsctl`: the vBus KMS officer CLI.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kms::auditing;
 use kms::ceremony;
 use kms::config::Config;
 use kms::pin::load_pin;
@@ -72,6 +74,60 @@ enum Command {
     Device {
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Replay the chain and check every checkpoint signature; report the
+    /// first bad sequence number. Offline with --export (and --key).
+    Verify {
+        /// A JSON-lines export to verify instead of the local log.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// A checkpoint note kept outside the log (catches a cut tail).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The C2SP verifier key (default: the token's audit key).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Write the JSON-lines export (records and checkpoints).
+    Export {
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the checkpoint key as a C2SP verifier key.
+    Pubkey,
+    /// Sign a checkpoint of the current head now and print it.
+    Checkpoint,
+    /// Show records, filtered.
+    Show {
+        /// Only records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this operation.
+        #[arg(long)]
+        op: Option<String>,
+        /// Only this actor.
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Show an incomplete record at the end of the log (a crash mid-write)
+    /// and, with --yes, drop exactly it.
+    Repair {
+        /// Really truncate.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -169,7 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = officer_dir
                 .clone()
                 .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join("officer"));
-            let report = ceremony::init(&cfg, &token, officer, &dir)?;
+            let report = ceremony::init(&cfg, &token, &auditing::local_actor(), officer, &dir)?;
             if cli.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -202,15 +258,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (cfg, token) = open_token(require_config(&cli.config)?)?;
             let csr = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
-            let store = Arc::new(SledStore::open(&cfg.storage.path)?);
-            let ca = ceremony::load_ca(&cfg, &token, store)?;
-            let issued = ca
-                .issue(&ca::IssueRequest {
+            let (ca, log) = open_ca(&cfg, &token)?;
+            let issued = auditing::issue(
+                &ca,
+                &log,
+                &auditing::local_actor(),
+                &ca::IssueRequest {
                     module_serial: serial,
                     hw_uuid: uuid,
                     csr: &csr,
-                })
-                .map_err(kms::Error::from)?;
+                },
+            )?;
             let pem = ceremony::pem(&issued.certificate_der)?;
             if cli.json {
                 println!(
@@ -240,18 +298,197 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Audit { command } => {
+            audit_command(require_config(&cli.config)?, command, cli.json)
+        }
         Command::Device {
             command: DeviceCommand::AllowReissue { serial },
         } => {
             let (cfg, token) = open_token(require_config(&cli.config)?)?;
-            let store = Arc::new(SledStore::open(&cfg.storage.path)?);
-            ceremony::load_ca(&cfg, &token, store)?
-                .allow_reissue(serial)
-                .map_err(kms::Error::from)?;
+            let (ca, log) = open_ca(&cfg, &token)?;
+            let actor = auditing::local_actor();
+            let outcome = ca.allow_reissue(serial).map_err(kms::Error::from);
+            let result = outcome.as_ref().map_or_else(kms::Error::code, |_| "ok");
+            auditing::record(
+                &log,
+                &actor,
+                "device.allow_reissue",
+                serial,
+                result,
+                json!({}),
+            )?;
+            outcome?;
             println!("{serial}: one re-issue for a new key allowed");
             Ok(())
         }
     }
+}
+
+/// The device CA and the audit log, with the store reconciled against the
+/// log's issuance records.
+fn open_ca(cfg: &Config, token: &Arc<Token>) -> anyhow::Result<(ca::Ca, audit::Log)> {
+    let log = auditing::open(cfg, token)?;
+    let store = Arc::new(SledStore::open(&cfg.storage.path)?);
+    let ca = ceremony::load_ca(cfg, token, store)?;
+    let restored = auditing::reconcile(cfg, &ca)?;
+    if restored > 0 {
+        eprintln!("restored {restored} certificate(s) from the audit log into the store");
+    }
+    Ok((ca, log))
+}
+
+fn audit_command(cfg_path: &Path, command: &AuditCommand, as_json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(cfg_path)?;
+    match command {
+        AuditCommand::Repair { yes } => {
+            let report = audit::repair(&cfg.audit.dir, !yes)?;
+            if report.dropped.is_empty() {
+                println!(
+                    "audit log complete: {} records, nothing to repair",
+                    report.records
+                );
+            } else {
+                println!(
+                    "{} complete records; incomplete tail of {} bytes at offset {}:\n  {}",
+                    report.records,
+                    report.dropped.len(),
+                    report.offset,
+                    String::from_utf8_lossy(&report.dropped[..report.dropped.len().min(512)])
+                        .escape_debug()
+                );
+                println!(
+                    "{}",
+                    if *yes {
+                        "dropped."
+                    } else {
+                        "run again with --yes to drop it"
+                    }
+                );
+            }
+            return Ok(());
+        }
+        AuditCommand::Verify {
+            export: Some(file),
+            checkpoint,
+            key: Some(key),
+        } => {
+            let verifier = audit::note::Verifier::parse(key)?;
+            return verify_file(file, checkpoint.as_deref(), &verifier, as_json);
+        }
+        _ => {}
+    }
+    cfg.token.apply_module_env();
+    let pin = load_pin(&cfg.token)?;
+    let token = Arc::new(Token::open(&cfg.token, pin)?);
+    let vkey = ceremony::audit_verifier_key(&cfg, &token)?;
+    match command {
+        AuditCommand::Pubkey => println!("{vkey}"),
+        AuditCommand::Checkpoint => {
+            let log = auditing::open(&cfg, &token)?;
+            match log.checkpoint()? {
+                Some(note) => print!("{note}"),
+                None => print!("{}", log.latest_checkpoint()?.unwrap_or_default()),
+            }
+        }
+        AuditCommand::Export { from, out } => {
+            let mut w: Box<dyn std::io::Write> = match out {
+                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let n = audit::Log::export(&cfg.audit.dir, *from, &mut w)?;
+            w.flush()?;
+            eprintln!("exported {n} records");
+        }
+        AuditCommand::Verify {
+            export,
+            checkpoint,
+            key,
+        } => {
+            let verifier = audit::note::Verifier::parse(key.as_deref().unwrap_or(&vkey))?;
+            match export {
+                Some(file) => verify_file(file, checkpoint.as_deref(), &verifier, as_json)?,
+                None => {
+                    // The local log: opening it checks the chain against its
+                    // newest checkpoint; the export then checks every one.
+                    let _log = auditing::open(&cfg, &token)?;
+                    let tmp = cfg.audit.dir.join(".verify-export.jsonl");
+                    {
+                        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+                        audit::Log::export(&cfg.audit.dir, 1, &mut w)?;
+                        w.flush()?;
+                    }
+                    let r = verify_file(&tmp, checkpoint.as_deref(), &verifier, as_json);
+                    let _ = std::fs::remove_file(&tmp);
+                    r?;
+                }
+            }
+        }
+        AuditCommand::Show { since, op, actor } => {
+            let since_ms = since
+                .as_deref()
+                .map(|s| {
+                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as u64)
+                        .with_context(|| format!("--since {s:?} is not RFC 3339"))
+                })
+                .transpose()?;
+            audit::for_each_record(&cfg.audit.dir, |_, body| {
+                let Ok(r) = serde_json::from_slice::<audit::Record>(body) else {
+                    return Ok(());
+                };
+                let keep = since_ms.is_none_or(|t| r.time_ms >= t)
+                    && op.as_deref().is_none_or(|o| r.op == o)
+                    && actor.as_deref().is_none_or(|a| r.actor == a);
+                if keep {
+                    println!("{}", String::from_utf8_lossy(body));
+                }
+                Ok(())
+            })?;
+        }
+        AuditCommand::Repair { .. } => {}
+    }
+    Ok(())
+}
+
+fn verify_file(
+    file: &Path,
+    checkpoint: Option<&Path>,
+    verifier: &audit::note::Verifier,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let outside = checkpoint
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let input = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?,
+    );
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_draw_target(if as_json {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    });
+    let report = audit::verify::verify_export(input, verifier, outside.as_deref(), |n| {
+        bar.set_message(format!("{n} records verified"));
+        bar.tick();
+    });
+    bar.finish_and_clear();
+    let report = report.map_err(kms::Error::from)?;
+    if as_json {
+        println!(
+            "{}",
+            json!({ "ok": true, "first": report.first, "records": report.records, "checkpoints": report.checkpoints, "checkpointed": report.checkpointed })
+        );
+    } else {
+        println!(
+            "audit log OK: records {}..{} chain verified, {} checkpoint(s), newest covers {}",
+            report.first,
+            report.first + report.records.saturating_sub(1),
+            report.checkpoints,
+            report.checkpointed
+        );
+    }
+    Ok(())
 }
 
 fn print_cas(cas: &[ceremony::CaSummary]) {

@@ -1,0 +1,156 @@
+//! The audit log in the appliance: opening it with the token's checkpoint
+//! key, the journal issuance writes to before it stores anything, the
+//! records of refusals and other operations, and start-up reconciliation.
+//!
+//! Order for an issuance: sign → verify → append the record (carrying the
+//! certificate, base64 DER) and wait for its fsync → commit the store. A
+//! crash between the last two leaves a record whose certificate is missing
+//! from the store; [`reconcile`] re-applies such records when the CA is
+//! opened. A refused request appends one record with its error code.
+
+use std::sync::Arc;
+
+use audit::{Entry, Log, Options};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::token::{Token, TokenCheckpointSigner};
+
+/// `local:<user>`: the actor of CLI use on the appliance itself.
+pub fn local_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("local:{user}")
+}
+
+/// Open the log of `cfg`, checkpoints signed by the token's audit key.
+pub fn open(cfg: &Config, token: &Arc<Token>) -> Result<Log> {
+    let signer = Arc::new(TokenCheckpointSigner::new(token.clone(), &cfg.audit.key)?);
+    Ok(Log::open(
+        &cfg.audit.dir,
+        Options {
+            origin: cfg.audit.origin.clone(),
+            checkpoint_every: cfg.audit.checkpoint_every,
+        },
+        Some(signer),
+    )?)
+}
+
+/// The issuance journal: one durable record per new certificate, before the
+/// store sees it.
+pub struct AuditJournal<'a> {
+    /// The log.
+    pub log: &'a Log,
+    /// Who asked.
+    pub actor: &'a str,
+}
+
+impl ca::Journal for AuditJournal<'_> {
+    fn issued(&self, r: &ca::CertificateRecord) -> Result<(), ca::SignerError> {
+        let details = serde_json::to_value(r)
+            .map_err(|_| Error::Unreachable("certificate record to JSON"))?;
+        self.log.append(
+            Entry::new(self.actor, ISSUE_OP, &r.module_serial, "ok")
+                .details(json!({ "new": true, "certificate": details })),
+        )?;
+        Ok(())
+    }
+}
+
+/// Operation name of device certificate issuance.
+pub const ISSUE_OP: &str = "certificate.issue";
+
+/// Record the outcome of an operation that has no record of its own yet
+/// (a refusal, a repeat, an officer action).
+pub fn record(
+    log: &Log,
+    actor: &str,
+    op: &str,
+    subject: &str,
+    result: &str,
+    details: serde_json::Value,
+) -> Result<()> {
+    log.append(Entry::new(actor, op, subject, result).details(details))?;
+    Ok(())
+}
+
+/// An audited issuance: new certificates are journaled before they are
+/// stored; repeats and refusals get a record of their own. If the refusal
+/// cannot be recorded either, the caller hears `audit_unavailable`.
+pub fn issue(
+    ca: &ca::Ca,
+    log: &Log,
+    actor: &str,
+    req: &ca::IssueRequest<'_>,
+) -> Result<ca::Issued> {
+    let subject: String = req.module_serial.chars().take(64).collect();
+    match ca.issue(req, &AuditJournal { log, actor }) {
+        Ok(issued) if issued.newly_issued => Ok(issued),
+        Ok(issued) => {
+            record(
+                log,
+                actor,
+                ISSUE_OP,
+                &subject,
+                "ok",
+                json!({ "new": false, "serial_number": issued.serial_number }),
+            )?;
+            Ok(issued)
+        }
+        Err(e) => {
+            let e = Error::from(e);
+            if e.code() != "audit_unavailable" {
+                record(
+                    log,
+                    actor,
+                    ISSUE_OP,
+                    &subject,
+                    e.code(),
+                    json!({ "hw_uuid": req.hw_uuid.chars().take(64).collect::<String>() }),
+                )?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Re-apply issuance records whose certificate is missing from the store
+/// (a crash after the record was durable and before the store commit).
+/// Returns how many were restored.
+pub fn reconcile(cfg: &Config, ca: &ca::Ca) -> Result<u64> {
+    let mut restored = 0;
+    audit::for_each_record(&cfg.audit.dir, |_, body| {
+        // Cheap filter before parsing: most records are not new issuances.
+        if !body
+            .windows(ISSUE_OP.len())
+            .any(|w| w == ISSUE_OP.as_bytes())
+        {
+            return Ok(());
+        }
+        let Ok(r) = serde_json::from_slice::<audit::Record>(body) else {
+            return Ok(());
+        };
+        if r.op != ISSUE_OP || r.result != "ok" || r.details["new"] != true {
+            return Ok(());
+        }
+        let Ok(cert) =
+            serde_json::from_value::<ca::CertificateRecord>(r.details["certificate"].clone())
+        else {
+            return Ok(());
+        };
+        match ca.restore(&cert) {
+            Ok(true) => {
+                restored += 1;
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(audit::Error::Encoding(format!(
+                "restoring record {}: {e}",
+                r.seq
+            ))),
+        }
+    })?;
+    Ok(restored)
+}
