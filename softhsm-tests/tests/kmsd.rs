@@ -148,7 +148,10 @@ fn quickstart_creates_a_working_appliance_and_a_second_run_changes_nothing() {
         })
         .collect();
     keys.sort();
-    assert_eq!(keys, ["audit-key", "internal-ca", "mfg-intermediate", "root-ca"]);
+    assert_eq!(
+        keys,
+        ["audit-key", "internal-ca", "mfg-intermediate", "root-ca"]
+    );
 
     // The hierarchy and the two credentials, judged by openssl.
     for (file, want) in [
