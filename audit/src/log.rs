@@ -337,8 +337,13 @@ impl Log {
                 return Err(Error::Unavailable(why.clone()));
             }
             if !st.writing && !st.pending.is_empty() {
-                // Lead this batch: everything pending goes in one write + fsync.
+                // Lead this batch: everything pending goes in one write +
+                // fsync. Yield once first so appenders that were just woken
+                // by the previous batch can join this one.
                 st.writing = true;
+                drop(st);
+                std::thread::yield_now();
+                st = self.lock();
                 let batch = std::mem::take(&mut st.pending);
                 let head = st.pending_head;
                 drop(st);
@@ -446,9 +451,16 @@ impl Log {
                     seq,
                     reason: "body is not UTF-8".into(),
                 })?;
-                let line =
-                    serde_json::json!({ "seq": seq, "body": text, "hash": hex::encode(hash) });
-                writeln!(out, "{line}").map_err(w)?;
+                // Keys in the order DESIGN.md shows them (serde_json's map
+                // would sort them).
+                let body =
+                    serde_json::to_string(text).map_err(|e| Error::Encoding(e.to_string()))?;
+                writeln!(
+                    out,
+                    "{{\"seq\":{seq},\"body\":{body},\"hash\":\"{}\"}}",
+                    hex::encode(hash)
+                )
+                .map_err(w)?;
                 n += 1;
             }
             for note in notes.get(&seq).into_iter().flatten() {

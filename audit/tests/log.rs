@@ -91,6 +91,11 @@ fn appends_survive_reopen_and_the_export_verifies_with_checkpoints() {
     assert_eq!(log.append(entry(26)).unwrap().seq, 26);
     let lines = export(tmp.path());
     assert_eq!(lines.len(), 26 + 3, "26 records, checkpoints at 10, 20, 25");
+    assert!(
+        lines[0].starts_with(r#"{"seq":1,"body":"{\"seq\":1,"#),
+        "{}",
+        lines[0]
+    );
     let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
     let body = first["body"].as_str().unwrap();
     assert!(body.starts_with(r#"{"seq":1,"time_ms":"#), "{body}");
