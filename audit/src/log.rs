@@ -22,6 +22,8 @@ pub const SEGMENT_FILE: &str = "audit.seg";
 /// The checkpoint file's name.
 pub const CHECKPOINT_FILE: &str = "checkpoints.seg";
 const MAGIC: &[u8; 8] = b"VBUSAUD1";
+/// The lock file that keeps a second writer out.
+const LOCK_FILE: &str = "lock";
 /// Largest record body accepted (a record carrying a certificate is ~2 KiB).
 const MAX_BODY: u32 = 1 << 20;
 
@@ -74,6 +76,8 @@ pub struct Log {
     written: Condvar,
     segment: Mutex<File>,
     checkpoints: Mutex<File>,
+    /// Held (flock) for the life of the log.
+    _lock: File,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -219,6 +223,21 @@ impl Log {
         signer: Option<Arc<dyn CheckpointSigner>>,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // One writer per log: a second process appending would fork the chain.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => Error::Unavailable(format!(
+                "{} is in use by another process (is kmsd running?)",
+                dir.display()
+            )),
+            std::fs::TryLockError::Error(e) => io(&lock_path)(e),
+        })?;
         let seg_path = dir.join(SEGMENT_FILE);
         let notes = read_checkpoints(dir)?;
         let newest = match (&signer, notes.last()) {
@@ -291,6 +310,7 @@ impl Log {
             written: Condvar::new(),
             segment: Mutex::new(segment),
             checkpoints: Mutex::new(checkpoints),
+            _lock: lock,
             opts,
         })
     }
@@ -367,7 +387,7 @@ impl Log {
             }
             st = self.written.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        let due = self.opts.checkpoint_every > 0 && seq % self.opts.checkpoint_every == 0;
+        let due = self.opts.checkpoint_every > 0 && seq.is_multiple_of(self.opts.checkpoint_every);
         drop(st);
         if due {
             // The record is durable whatever happens here; a failed

@@ -164,7 +164,7 @@ pub fn verify_export(
                 heads.push(h);
                 last = seq;
                 report.records += 1;
-                if report.records % 65_536 == 0 {
+                if report.records.is_multiple_of(65_536) {
                     progress(report.records);
                 }
             }

@@ -48,6 +48,9 @@ pub struct AuditConfig {
     /// Sign a checkpoint every this many records.
     #[serde(default = "defaults::checkpoint_every")]
     pub checkpoint_every: u64,
+    /// And every this many seconds while `kmsd` runs (if records were added).
+    #[serde(default = "defaults::checkpoint_seconds")]
+    pub checkpoint_seconds: u64,
 }
 
 impl Default for AuditConfig {
@@ -57,6 +60,7 @@ impl Default for AuditConfig {
             key: defaults::audit_key(),
             origin: defaults::audit_origin(),
             checkpoint_every: defaults::checkpoint_every(),
+            checkpoint_seconds: defaults::checkpoint_seconds(),
         }
     }
 }
@@ -211,6 +215,9 @@ mod defaults {
     }
     pub fn checkpoint_every() -> u64 {
         1000
+    }
+    pub fn checkpoint_seconds() -> u64 {
+        60
     }
 
     pub fn pool_size() -> usize {

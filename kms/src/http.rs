@@ -24,6 +24,8 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AppState {
     /// The token.
     pub token: Arc<Token>,
+    /// The audit log.
+    pub audit: Arc<audit::Log>,
 }
 
 /// The plain-HTTP publication router.

@@ -48,8 +48,12 @@ fn healthz_is_200_with_label_and_key_count_503_while_the_token_is_gone_and_200_a
         ))))
         .unwrap();
     let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+    let audit = std::sync::Arc::new(
+        audit::Log::open(&hsm.dir().join("audit"), audit::Options::default(), None).unwrap(),
+    );
     let router = publication_router(AppState {
         token: token.clone(),
+        audit,
     });
     rt.spawn(async move { axum::serve(listener, router).await });
 

@@ -166,7 +166,7 @@ fn every_profile_issues_what_openssl_verifies_and_shows_as_the_profile() {
         let serial_hex = issued["serial_number"].as_str().unwrap();
         // 16 random bytes as lowercase hex (shorter only if they began with zero bytes).
         assert!(
-            serial_hex.len() % 2 == 0
+            serial_hex.len().is_multiple_of(2)
                 && serial_hex.len() <= 32
                 && serial_hex
                     .bytes()

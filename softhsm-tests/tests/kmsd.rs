@@ -228,6 +228,18 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
         404
     );
 
+    // kmsd holds the audit log: a second writer is refused, not interleaved.
+    let out = run(Command::new(bin("kmsctl"))
+        .arg("--config")
+        .arg(dir.join("kmsd.toml"))
+        .args(["audit", "checkpoint"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error[audit_unavailable]: ") && err.contains("in use by another process"),
+        "{err}"
+    );
+
     let pid = service.0.id().to_string();
     assert!(run(Command::new("kill").args(["-TERM", &pid]))
         .status
@@ -249,6 +261,33 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
     );
     let pin = std::fs::read_to_string(dir.join("pin")).unwrap();
     assert!(!stderr.contains(&pin), "the PIN reached the log");
+
+    // Start and stop are on record, and the stop sealed the log with a checkpoint.
+    let kmsctl = |args: &[&str]| {
+        let out = run(Command::new(bin("kmsctl"))
+            .arg("--config")
+            .arg(dir.join("kmsd.toml"))
+            .args(args));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let service: Vec<String> = kmsctl(&["audit", "show", "--actor", "kmsd"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["op"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(service, ["service.start", "service.stop"]);
+    let verified = kmsctl(&["--json", "audit", "verify"]);
+    let v: serde_json::Value = serde_json::from_str(&verified).unwrap();
+    assert_eq!(v["records"], v["checkpointed"], "{verified}");
 }
 
 #[test]

@@ -39,16 +39,54 @@ fn main() -> anyhow::Result<()> {
         pool = cfg.token.pool_size,
         "token open"
     );
+    // Refuses to start on a torn, altered or rolled-back log.
+    let audit = Arc::new(kms::auditing::open(&cfg, &token)?);
+    kms::auditing::record(
+        &audit,
+        "kmsd",
+        "service.start",
+        token.label(),
+        "ok",
+        serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
+    )?;
+    tracing::info!(records = audit.head().0, "audit log open");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(cfg, token))
+    let outcome = runtime.block_on(serve(cfg, token, audit.clone()));
+    // Whatever ended the service, say so in the log and seal it.
+    let result = if outcome.is_ok() { "ok" } else { "error" };
+    kms::auditing::record(
+        &audit,
+        "kmsd",
+        "service.stop",
+        "kmsd",
+        result,
+        serde_json::json!({}),
+    )?;
+    audit.checkpoint()?;
+    outcome
 }
 
-async fn serve(cfg: Config, token: Arc<Token>) -> anyhow::Result<()> {
-    let state = AppState { token };
+async fn serve(cfg: Config, token: Arc<Token>, audit: Arc<audit::Log>) -> anyhow::Result<()> {
+    let every = std::time::Duration::from_secs(cfg.audit.checkpoint_seconds.max(1));
+    let periodic = audit.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let log = periodic.clone();
+            match tokio::task::spawn_blocking(move || log.checkpoint()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "periodic checkpoint failed"),
+                Err(e) => tracing::warn!(error = %e, "periodic checkpoint task failed"),
+            }
+        }
+    });
+    let state = AppState { token, audit };
     let publication = tokio::net::TcpListener::bind(cfg.server.publication_listen)
         .await
         .with_context(|| {
