@@ -103,6 +103,20 @@ pub(crate) struct Scan {
     pub torn: Option<(u64, u64)>,
 }
 
+impl Scan {
+    /// A torn tail as an error: every reader but `repair` refuses it.
+    pub(crate) fn refuse_torn(&self) -> Result<()> {
+        match self.torn {
+            Some((offset, bytes)) => Err(Error::TornTail {
+                last_complete: self.records,
+                offset,
+                bytes,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Read every record, checking the chain; `visit(seq, body, hash)` sees each.
 pub(crate) fn scan(
     path: &Path,
@@ -253,13 +267,7 @@ impl Log {
             }
             Ok(())
         })?;
-        if let Some((offset, bytes)) = scan.torn {
-            return Err(Error::TornTail {
-                last_complete: scan.records,
-                offset,
-                bytes,
-            });
-        }
+        scan.refuse_torn()?;
         if let Some(c) = &newest {
             if c.size > scan.records {
                 return Err(Error::RolledBack {
@@ -488,13 +496,7 @@ impl Log {
             }
             Ok(())
         })?;
-        if let Some((offset, bytes)) = scan.torn {
-            return Err(Error::TornTail {
-                last_complete: scan.records,
-                offset,
-                bytes,
-            });
-        }
+        scan.refuse_torn()?;
         Ok(n)
     }
 }
@@ -551,12 +553,6 @@ pub fn repair(dir: &Path, dry_run: bool) -> Result<RepairReport> {
 /// chain link is checked. A torn tail is reported as an error.
 pub fn for_each_record(dir: &Path, mut visit: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<u64> {
     let scan = scan(&dir.join(SEGMENT_FILE), |seq, body, _| visit(seq, body))?;
-    if let Some((offset, bytes)) = scan.torn {
-        return Err(Error::TornTail {
-            last_complete: scan.records,
-            offset,
-            bytes,
-        });
-    }
+    scan.refuse_torn()?;
     Ok(scan.records)
 }

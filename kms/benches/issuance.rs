@@ -32,14 +32,7 @@ fn issuance(c: &mut Criterion) {
     let hsm = SoftHsm::new("bench-ca");
     hsm.export_env();
     let data = hsm.dir().join("appliance");
-    let toml = format!(
-        "{}\n[ca]\ndir = {:?}\n\n[storage]\npath = {:?}\n\n[audit]\ndir = {:?}\n",
-        hsm.token_toml()
-            .replacen("[token]\n", "[token]\npool_size = 4\n", 1),
-        data.join("ca").display().to_string(),
-        data.join("db").display().to_string(),
-        data.join("audit").display().to_string()
-    );
+    let toml = hsm.appliance_toml("pool_size = 4\n");
     let cfg = Config::parse(&toml, Path::new("/")).expect("config");
     let token =
         Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).expect("pin")).expect("token"));

@@ -27,7 +27,16 @@ pub fn local_actor() -> String {
 
 /// Open the log of `cfg`, checkpoints signed by the token's audit key.
 pub fn open(cfg: &Config, token: &Arc<Token>) -> Result<Log> {
-    let signer = Arc::new(TokenCheckpointSigner::new(token.clone(), &cfg.audit.key)?);
+    let signer = match TokenCheckpointSigner::new(token.clone(), &cfg.audit.key) {
+        Ok(s) => Arc::new(s),
+        Err(Error::KeyNotFound { .. }) => {
+            return Err(Error::NotInitialized(format!(
+                "the audit key {:?} is not on the token",
+                cfg.audit.key
+            )))
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Log::open(
         &cfg.audit.dir,
         Options {

@@ -21,14 +21,7 @@ fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
     let hsm = SoftHsm::new("t-issue");
     hsm.export_env();
     let data = hsm.dir().join("appliance");
-    let toml = format!(
-        "{}\n[ca]\ndir = {:?}\n\n[storage]\npath = {:?}\n\n[audit]\ndir = {:?}\n",
-        hsm.token_toml(),
-        data.join("ca").display().to_string(),
-        data.join("db").display().to_string(),
-        data.join("audit").display().to_string()
-    );
-    // [ca] and [storage] must come after [token.module_env]: append them.
+    let toml = hsm.appliance_toml("");
     let cfg = Config::parse(&toml, Path::new("/")).unwrap();
     let token = Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).unwrap()).unwrap());
     kms::ceremony::init(

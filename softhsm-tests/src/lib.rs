@@ -104,6 +104,22 @@ impl SoftHsm {
         )
     }
 
+    /// A whole `kmsd.toml` for an appliance living in this token's
+    /// directory (`ca/`, `db/`, `audit/` under `appliance/`), with `extra`
+    /// lines added to `[token]`.
+    pub fn appliance_toml(&self, extra: &str) -> String {
+        let data = self.dir().join("appliance");
+        let path = |p: &str| data.join(p).display().to_string();
+        format!(
+            "{}\n[ca]\ndir = {:?}\n\n[storage]\npath = {:?}\n\n[audit]\ndir = {:?}\n",
+            self.token_toml()
+                .replacen("[token]\n", &format!("[token]\n{extra}"), 1),
+            path("ca"),
+            path("db"),
+            path("audit")
+        )
+    }
+
     /// A command with `SOFTHSM2_CONF` set for this token.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new(program);
@@ -132,6 +148,43 @@ impl SoftHsm {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// A fresh OpenSSL key and CSR with subject `/CN=<cn>` in `dir`: `curve`
+/// is an OpenSSL curve name (`prime256v1`, `prime192v1`) or `ed25519`.
+/// Returns the CSR's path.
+pub fn openssl_csr(dir: &Path, name: &str, curve: &str, cn: &str) -> PathBuf {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let mut gen = Command::new("openssl");
+    match curve {
+        "ed25519" => gen.args(["genpkey", "-algorithm", "ED25519", "-out"]),
+        c => gen.args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            &format!("ec_paramgen_curve:{c}"),
+            "-out",
+        ]),
+    };
+    let out = run(gen.arg(&key));
+    assert!(
+        out.status.success(),
+        "openssl genpkey: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(Command::new("openssl")
+        .args(["req", "-new", "-key"])
+        .arg(&key)
+        .args(["-subj", &format!("/CN={cn}"), "-out"])
+        .arg(&csr));
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    csr
 }
 
 /// Run a command, panicking with its name if it cannot start.

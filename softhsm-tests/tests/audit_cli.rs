@@ -24,28 +24,7 @@ fn ok(out: Output) -> String {
 }
 
 fn csr(dir: &Path, cn: &str) -> PathBuf {
-    let key = dir.join(format!("{cn}.key"));
-    let csr = dir.join(format!("{cn}.csr"));
-    assert!(run(Command::new("openssl")
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out"
-        ])
-        .arg(&key))
-    .status
-    .success());
-    assert!(run(Command::new("openssl")
-        .args(["req", "-new", "-key"])
-        .arg(&key)
-        .args(["-subj", &format!("/CN={cn}"), "-out"])
-        .arg(&csr))
-    .status
-    .success());
-    csr
+    softhsm_tests::openssl_csr(dir, cn, "prime256v1", cn)
 }
 
 #[test]

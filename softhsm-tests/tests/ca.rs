@@ -60,37 +60,18 @@ impl Appliance {
     }
 }
 
-/// A key and CSR made by openssl; `key_alg` is `ec` or `ed25519`.
+/// A key and CSR made by openssl; `key_alg` is `ec` (P-256) or `ed25519`.
 fn openssl_csr(dir: &Path, name: &str, key_alg: &str, cn: &str) -> PathBuf {
-    let key = dir.join(format!("{name}.key"));
-    let csr = dir.join(format!("{name}.csr"));
-    let gen = match key_alg {
-        "ec" => run(Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&key)),
-        _ => run(Command::new("openssl")
-            .args(["genpkey", "-algorithm", "ED25519", "-out"])
-            .arg(&key)),
-    };
-    assert!(gen.status.success());
-    let req = run(Command::new("openssl")
-        .args(["req", "-new", "-key"])
-        .arg(&key)
-        .args(["-subj", &format!("/CN={cn}"), "-out"])
-        .arg(&csr));
-    assert!(
-        req.status.success(),
-        "{}",
-        String::from_utf8_lossy(&req.stderr)
-    );
-    csr
+    softhsm_tests::openssl_csr(
+        dir,
+        name,
+        if key_alg == "ec" {
+            "prime256v1"
+        } else {
+            "ed25519"
+        },
+        cn,
+    )
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -221,27 +202,7 @@ fn repeats_refusals_and_reissue_through_the_cli() {
     // Refusals: exit 1, the stable code first on stderr.
     let second_csr = openssl_csr(&work, "second", "ec", serial);
     let other_cn = openssl_csr(&work, "other", "ec", "VBUS-CPU-2412-000778");
-    let p192 = work.join("p192.csr");
-    let key = work.join("p192.key");
-    assert!(run(Command::new("openssl")
-        .args([
-            "ecparam",
-            "-name",
-            "prime192v1",
-            "-genkey",
-            "-noout",
-            "-out"
-        ])
-        .arg(&key))
-    .status
-    .success());
-    assert!(run(Command::new("openssl")
-        .args(["req", "-new", "-key"])
-        .arg(&key)
-        .args(["-subj", &format!("/CN={serial}"), "-out"])
-        .arg(&p192))
-    .status
-    .success());
+    let p192 = softhsm_tests::openssl_csr(&work, "p192", "prime192v1", serial);
     let rows = [
         (
             "another key",
