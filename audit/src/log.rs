@@ -238,20 +238,7 @@ impl Log {
     ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         // One writer per log: a second process appending would fork the chain.
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        lock.try_lock().map_err(|e| match e {
-            std::fs::TryLockError::WouldBlock => Error::Unavailable(format!(
-                "{} is in use by another process (is kmsd running?)",
-                dir.display()
-            )),
-            std::fs::TryLockError::Error(e) => io(&lock_path)(e),
-        })?;
+        let lock = lock_writer(dir)?;
         let seg_path = dir.join(SEGMENT_FILE);
         let notes = read_checkpoints(dir)?;
         let newest = match (&signer, notes.last()) {
@@ -516,9 +503,36 @@ pub struct RepairReport {
     pub dropped: Vec<u8>,
 }
 
+/// Take the log's writer lock (flock on `lock`): one writer per log, or
+/// `Unavailable` naming the likely holder.
+fn lock_writer(dir: &Path) -> Result<File> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    lock.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => Error::Unavailable(format!(
+            "{} is in use by another process (is kmsd running?)",
+            dir.display()
+        )),
+        std::fs::TryLockError::Error(e) => io(&lock_path)(e),
+    })?;
+    Ok(lock)
+}
+
 /// Find an incomplete tail and, unless `dry_run`, truncate exactly it.
-/// A log whose complete records do not chain is never "repaired".
+/// A log whose complete records do not chain is never "repaired". The
+/// truncation takes the writer lock: a record a running writer is still
+/// writing is not a torn tail.
 pub fn repair(dir: &Path, dry_run: bool) -> Result<RepairReport> {
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(lock_writer(dir)?)
+    };
     let path = dir.join(SEGMENT_FILE);
     let scan = scan(&path, |_, _, _| Ok(()))?;
     let Some((offset, _)) = scan.torn else {

@@ -264,6 +264,21 @@ fn open_refuses_altered_torn_and_rolled_back_segments() {
     audit::repair(t.path(), false).unwrap();
     let log = Log::open(t.path(), opts(0), Some(key.clone())).unwrap();
     assert_eq!(log.append(entry(7)).unwrap().seq, 7);
+    // While a writer holds the log, nobody truncates it, and nobody else writes.
+    assert_eq!(
+        audit::repair(t.path(), false).unwrap_err().code(),
+        "audit_unavailable"
+    );
+    assert_eq!(
+        Log::open(t.path(), opts(0), None).err().map(|e| e.code()),
+        Some("audit_unavailable")
+    );
+    assert_eq!(
+        audit::repair(t.path(), true).unwrap().records,
+        7,
+        "a dry run only reads"
+    );
+    drop(log);
 
     // Whole records cut off behind the checkpoint: rolled back.
     let t = fill(6);
