@@ -38,3 +38,14 @@ pub trait CheckpointSigner: Send + Sync {
     /// Sign `message` (the note text) and return the 64-byte signature.
     fn sign(&self, message: &[u8]) -> Result<[u8; 64], SignerError>;
 }
+
+/// A place outside the log directory that keeps the newest checkpoint (a
+/// data object in the token, in the appliance). Someone who rolls back the
+/// segment and its checkpoint file together is still caught at open.
+pub trait CheckpointAnchor: Send + Sync {
+    /// The anchored checkpoint notes (normally one; the newest counts).
+    fn load(&self) -> Result<Vec<String>, SignerError>;
+
+    /// Replace the anchored note with `note`.
+    fn store(&self, note: &str) -> Result<(), SignerError>;
+}

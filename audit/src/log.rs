@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result};
 use crate::note::{Checkpoint, Verifier};
 use crate::record::{chain, Entry, Record, GENESIS};
-use crate::CheckpointSigner;
+use crate::{CheckpointAnchor, CheckpointSigner};
 
 /// The record segment's file name.
 pub const SEGMENT_FILE: &str = "audit.seg";
@@ -78,6 +78,7 @@ pub struct Log {
     checkpoints: Mutex<File>,
     /// Held (flock) for the life of the log.
     _lock: File,
+    anchor: Option<Arc<dyn CheckpointAnchor>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -236,17 +237,36 @@ impl Log {
         opts: Options,
         signer: Option<Arc<dyn CheckpointSigner>>,
     ) -> Result<Self> {
+        Self::open_anchored(dir, opts, signer, None)
+    }
+
+    /// [`Log::open`], also checking against (and, at each checkpoint,
+    /// updating) the checkpoint kept by `anchor`.
+    pub fn open_anchored(
+        dir: &Path,
+        opts: Options,
+        signer: Option<Arc<dyn CheckpointSigner>>,
+        anchor: Option<Arc<dyn CheckpointAnchor>>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         // One writer per log: a second process appending would fork the chain.
         let lock = lock_writer(dir)?;
         let seg_path = dir.join(SEGMENT_FILE);
-        let notes = read_checkpoints(dir)?;
-        let newest = match (&signer, notes.last()) {
-            (Some(s), Some(note)) => {
-                Some(Verifier::from_key(&opts.origin, &s.public_key())?.open(note)?)
+        let mut candidates = read_checkpoints(dir)?.pop().into_iter().collect::<Vec<_>>();
+        if let Some(a) = &anchor {
+            candidates.extend(a.load().map_err(Error::Signer)?);
+        }
+        // The newest of what the directory and the anchor say.
+        let mut newest: Option<Checkpoint> = None;
+        if let Some(s) = &signer {
+            let verifier = Verifier::from_key(&opts.origin, &s.public_key())?;
+            for note in &candidates {
+                let cp = verifier.open(note)?;
+                if newest.as_ref().is_none_or(|n| cp.size > n.size) {
+                    newest = Some(cp);
+                }
             }
-            _ => None,
-        };
+        }
         let mut head_at_checkpoint = None;
         let scan = scan(&seg_path, |seq, _, hash| {
             if newest.as_ref().is_some_and(|c| c.size == seq) {
@@ -306,6 +326,7 @@ impl Log {
             segment: Mutex::new(segment),
             checkpoints: Mutex::new(checkpoints),
             _lock: lock,
+            anchor,
             opts,
         })
     }
@@ -433,6 +454,9 @@ impl Log {
             .write_all(&frame)
             .and_then(|_| cp_file.sync_data())
             .map_err(io(&path))?;
+        if let Some(a) = &self.anchor {
+            a.store(&note).map_err(Error::Signer)?;
+        }
         self.lock().last_checkpoint = size;
         Ok(Some(note))
     }

@@ -25,7 +25,9 @@ pub fn local_actor() -> String {
     format!("local:{user}")
 }
 
-/// Open the log of `cfg`, checkpoints signed by the token's audit key.
+/// Open the log of `cfg`, checkpoints signed by the token's audit key and
+/// the newest one also kept in the token (so a rollback of the log
+/// directory as a whole is caught).
 pub fn open(cfg: &Config, token: &Arc<Token>) -> Result<Log> {
     let signer = match TokenCheckpointSigner::new(token.clone(), &cfg.audit.key) {
         Ok(s) => Arc::new(s),
@@ -37,14 +39,42 @@ pub fn open(cfg: &Config, token: &Arc<Token>) -> Result<Log> {
         }
         Err(e) => return Err(e),
     };
-    Ok(Log::open(
+    let anchor = Arc::new(TokenAnchor {
+        token: token.clone(),
+        label: format!("{}-checkpoint", cfg.audit.key),
+    });
+    Ok(Log::open_anchored(
         &cfg.audit.dir,
         Options {
             origin: cfg.audit.origin.clone(),
             checkpoint_every: cfg.audit.checkpoint_every,
         },
         Some(signer),
+        Some(anchor),
     )?)
+}
+
+/// The newest audit checkpoint, kept in a token data object.
+struct TokenAnchor {
+    token: Arc<Token>,
+    label: String,
+}
+
+impl audit::CheckpointAnchor for TokenAnchor {
+    fn load(&self) -> Result<Vec<String>, audit::SignerError> {
+        let mut notes = Vec::new();
+        for bytes in self.token.read_data(&self.label)? {
+            notes.push(
+                String::from_utf8(bytes)
+                    .map_err(|_| Error::TokenProtocol("checkpoint object is not UTF-8".into()))?,
+            );
+        }
+        Ok(notes)
+    }
+
+    fn store(&self, note: &str) -> Result<(), audit::SignerError> {
+        Ok(self.token.replace_data(&self.label, note.as_bytes())?)
+    }
 }
 
 /// The issuance journal: one durable record per new certificate, before the

@@ -6,6 +6,7 @@
 //! call leases one pooled session for its duration and blocks the calling
 //! thread, so async code calls it from `spawn_blocking`.
 
+mod data;
 mod keys;
 mod ops;
 mod pool;
@@ -264,6 +265,18 @@ impl Token {
             let k = self.find(s, key_label, KeyClass::Secret)?;
             ops::gcm_decrypt(s, (k.handle, k.algorithm, key_label), sealed, aad)
         })
+    }
+
+    /// The values of the appliance data objects labelled `label` (one,
+    /// or two after a crash mid-replace; none if never written).
+    pub fn read_data(&self, label: &str) -> Result<Vec<Vec<u8>>> {
+        self.run(|s| data::read(s, label))
+    }
+
+    /// Store `value` as the appliance data object labelled `label`.
+    pub fn replace_data(&self, label: &str, value: &[u8]) -> Result<()> {
+        check_label(label)?;
+        self.run(|s| data::replace(s, label, value))
     }
 
     /// Fill `buf` from the token's random number generator.
