@@ -128,6 +128,16 @@ fn verification(c: &mut Criterion) {
         &key.verifying_key().to_bytes(),
     ))
     .expect("vkey");
+    g.bench_function("verify_log", |b| {
+        b.iter(|| {
+            assert_eq!(
+                audit::verify::verify_log(&log_dir, &v, None, |_| {})
+                    .expect("verify")
+                    .records,
+                N
+            )
+        })
+    });
     g.bench_function("json_export", |b| {
         b.iter(|| {
             assert_eq!(

@@ -408,18 +408,29 @@ fn audit_command(cfg_path: &Path, command: &AuditCommand, as_json: bool) -> anyh
             match export {
                 Some(file) => verify_file(file, checkpoint.as_deref(), &verifier, as_json)?,
                 None => {
-                    // The local log: opening it checks the chain against its
-                    // newest checkpoint; the export then checks every one.
+                    // The local log, straight from its segment: the chain,
+                    // every stored checkpoint, the token's anchored one (by
+                    // opening it) and an outside one if given.
                     let _log = auditing::open(&cfg, &token)?;
-                    let tmp = cfg.audit.dir.join(".verify-export.jsonl");
-                    {
-                        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-                        audit::Log::export(&cfg.audit.dir, 1, &mut w)?;
-                        w.flush()?;
-                    }
-                    let r = verify_file(&tmp, checkpoint.as_deref(), &verifier, as_json);
-                    let _ = std::fs::remove_file(&tmp);
-                    r?;
+                    let outside = checkpoint
+                        .as_deref()
+                        .map(|p| {
+                            std::fs::read_to_string(p)
+                                .with_context(|| format!("reading {}", p.display()))
+                        })
+                        .transpose()?;
+                    let bar = progress(as_json);
+                    let report = audit::verify::verify_log(
+                        &cfg.audit.dir,
+                        &verifier,
+                        outside.as_deref(),
+                        |n| {
+                            bar.set_message(format!("{n} records verified"));
+                            bar.tick();
+                        },
+                    );
+                    bar.finish_and_clear();
+                    print_report(&report.map_err(kms::Error::from)?, as_json);
                 }
             }
         }
@@ -462,18 +473,27 @@ fn verify_file(
     let input = std::io::BufReader::new(
         std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?,
     );
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_draw_target(if as_json {
-        indicatif::ProgressDrawTarget::hidden()
-    } else {
-        indicatif::ProgressDrawTarget::stderr()
-    });
+    let bar = progress(as_json);
     let report = audit::verify::verify_export(input, verifier, outside.as_deref(), |n| {
         bar.set_message(format!("{n} records verified"));
         bar.tick();
     });
     bar.finish_and_clear();
-    let report = report.map_err(kms::Error::from)?;
+    print_report(&report.map_err(kms::Error::from)?, as_json);
+    Ok(())
+}
+
+fn progress(hidden: bool) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_draw_target(if hidden {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    });
+    bar
+}
+
+fn print_report(report: &audit::verify::Report, as_json: bool) {
     if as_json {
         println!(
             "{}",
@@ -488,7 +508,6 @@ fn verify_file(
             report.checkpointed
         );
     }
-    Ok(())
 }
 
 fn print_cas(cas: &[ceremony::CaSummary]) {
