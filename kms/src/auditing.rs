@@ -159,19 +159,42 @@ pub fn issue(
 /// (a crash after the record was durable and before the store commit).
 /// Returns how many were restored.
 pub fn reconcile(cfg: &Config, ca: &ca::Ca) -> Result<u64> {
-    let mut restored = 0;
+    Ok(replay(cfg, ca, false)?.0)
+}
+
+/// Rebuild an empty store from the log (`kmsctl store rebuild`): every
+/// certificate and device, and re-issue permissions granted after a
+/// device's last certificate. Returns (certificates, permissions).
+pub fn rebuild(cfg: &Config, ca: &ca::Ca) -> Result<(u64, u64)> {
+    replay(cfg, ca, true)
+}
+
+/// Operation name of an officer's re-issue permission.
+pub const ALLOW_REISSUE_OP: &str = "device.allow_reissue";
+
+fn replay(cfg: &Config, ca: &ca::Ca, permissions: bool) -> Result<(u64, u64)> {
+    let (mut restored, mut granted) = (0, 0);
     audit::for_each_record(&cfg.audit.dir, |_, body| {
-        // Cheap filter before parsing: most records are not new issuances.
-        if !body
-            .windows(ISSUE_OP.len())
-            .any(|w| w == ISSUE_OP.as_bytes())
-        {
+        // Cheap filter before parsing: most records are neither.
+        let mentions = |op: &str| body.windows(op.len()).any(|w| w == op.as_bytes());
+        let wanted = mentions(ISSUE_OP) || (permissions && mentions(ALLOW_REISSUE_OP));
+        if !wanted {
             return Ok(());
         }
         let Ok(r) = serde_json::from_slice::<audit::Record>(body) else {
             return Ok(());
         };
-        if r.op != ISSUE_OP || r.result != "ok" || r.details["new"] != true {
+        let failed =
+            |e: ca::Error| audit::Error::Encoding(format!("replaying record {}: {e}", r.seq));
+        if r.result != "ok" {
+            return Ok(());
+        }
+        if permissions && r.op == ALLOW_REISSUE_OP {
+            ca.allow_reissue(&r.subject).map_err(failed)?;
+            granted += 1;
+            return Ok(());
+        }
+        if r.op != ISSUE_OP || r.details["new"] != true {
             return Ok(());
         }
         let Ok(cert) =
@@ -179,17 +202,10 @@ pub fn reconcile(cfg: &Config, ca: &ca::Ca) -> Result<u64> {
         else {
             return Ok(());
         };
-        match ca.restore(&cert) {
-            Ok(true) => {
-                restored += 1;
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => Err(audit::Error::Encoding(format!(
-                "restoring record {}: {e}",
-                r.seq
-            ))),
+        if ca.restore(&cert).map_err(failed)? {
+            restored += 1;
         }
+        Ok(())
     })?;
-    Ok(restored)
+    Ok((restored, granted))
 }

@@ -278,6 +278,34 @@ fn repeats_refusals_and_reissue_through_the_cli() {
             .starts_with("error[device_already_certified]")
     );
 
+    // The store is lost: rebuilt from the audit log, the same answers come back.
+    let rebuilt = a.kmsctl(&["store", "rebuild"]);
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&rebuilt.stdout).trim(),
+        "store rebuilt from the audit log: 2 certificate(s), 1 re-issue permission(s)"
+    );
+    let again = json(&a.issue(&second_csr, serial, uuid));
+    assert_eq!(
+        (
+            again["newly_issued"].clone(),
+            again["serial_number"].clone()
+        ),
+        (false.into(), second["serial_number"].clone())
+    );
+    assert!(
+        String::from_utf8_lossy(&a.issue(&first_csr, serial, uuid).stderr)
+            .starts_with("error[device_already_certified]")
+    );
+    assert!(
+        String::from_utf8_lossy(&a.issue(&third_csr, serial, uuid).stderr)
+            .starts_with("error[device_already_certified]")
+    );
+
     // The ceremony does not run twice.
     let init = a.kmsctl(&["init"]);
     assert_eq!(init.status.code(), Some(1));

@@ -80,6 +80,18 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The state store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Rebuild certificates and devices from the audit log into a fresh
+    /// store; the old database directory is kept beside it, renamed.
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -296,6 +308,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     issued.not_after
                 );
             }
+            Ok(())
+        }
+        Command::Store {
+            command: StoreCommand::Rebuild,
+        } => {
+            let (cfg, token) = open_token(require_config(&cli.config)?)?;
+            let log = auditing::open(&cfg, &token)?;
+            if cfg.storage.path.exists() {
+                let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+                let aside = cfg.storage.path.with_extension(format!("replaced-{stamp}"));
+                std::fs::rename(&cfg.storage.path, &aside)
+                    .with_context(|| format!("moving {} aside", cfg.storage.path.display()))?;
+                eprintln!("old store kept as {}", aside.display());
+            }
+            let store = Arc::new(SledStore::open(&cfg.storage.path)?);
+            let ca = ceremony::load_ca(&cfg, &token, store)?;
+            let (certs, permissions) = auditing::rebuild(&cfg, &ca)?;
+            auditing::record(
+                &log,
+                &auditing::local_actor(),
+                "store.rebuild",
+                &cfg.storage.path.display().to_string(),
+                "ok",
+                json!({ "certificates": certs, "reissue_permissions": permissions }),
+            )?;
+            println!("store rebuilt from the audit log: {certs} certificate(s), {permissions} re-issue permission(s)");
             Ok(())
         }
         Command::Audit { command } => {
