@@ -2,12 +2,10 @@
 //! whole log directory (segment and checkpoint file together) is caught.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
-use std::path::Path;
-use std::sync::Arc;
+mod common;
 
-use kms::config::Config;
-use kms::pin::load_pin;
-use kms::token::Token;
+use std::path::Path;
+
 use softhsm_tests::SoftHsm;
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -21,17 +19,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn a_log_directory_rolled_back_as_a_whole_is_refused() {
     let hsm = SoftHsm::new("t-anchor");
-    hsm.export_env();
-    let cfg = Config::parse(&hsm.appliance_toml(""), Path::new("/")).unwrap();
-    let token = Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).unwrap()).unwrap());
-    kms::ceremony::init(
-        &cfg,
-        &token,
-        "local:test",
-        "officer-01",
-        &hsm.dir().join("officer"),
-    )
-    .unwrap();
+    let (cfg, token) = common::appliance(&hsm);
 
     // An outside tool sees the anchored checkpoint as a private data object.
     let listing = hsm.pkcs11_tool(&["--list-objects", "--type", "data"]);

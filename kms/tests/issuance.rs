@@ -1,14 +1,12 @@
 //! The device CA on the real token and the sled store: 10,000 issuances.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
+mod common;
+
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 
-use kms::config::Config;
-use kms::pin::load_pin;
 use kms::storage::SledStore;
-use kms::token::Token;
 use softhsm_tests::SoftHsm;
 use store::{Store, Tree};
 
@@ -19,19 +17,7 @@ fn uuid(i: u32) -> String {
 #[test]
 fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
     let hsm = SoftHsm::new("t-issue");
-    hsm.export_env();
-    let data = hsm.dir().join("appliance");
-    let toml = hsm.appliance_toml("");
-    let cfg = Config::parse(&toml, Path::new("/")).unwrap();
-    let token = Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).unwrap()).unwrap());
-    kms::ceremony::init(
-        &cfg,
-        &token,
-        "local:test",
-        "officer-01",
-        &data.join("officer"),
-    )
-    .unwrap();
+    let (cfg, token) = common::appliance(&hsm);
     let store = Arc::new(SledStore::open(&cfg.storage.path).unwrap());
     let ca = Arc::new(kms::ceremony::load_ca(&cfg, &token, store.clone()).unwrap());
     let log = kms::auditing::open(&cfg, &token).unwrap();

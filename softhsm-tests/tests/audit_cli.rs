@@ -157,19 +157,22 @@ fn a_torn_tail_stops_operations_until_repaired() {
     std::fs::write(&seg, &bytes).unwrap();
 
     let c = csr(tmp.path(), "VBUS-CPU-2412-000009");
-    let out = kmsctl(
-        &dir,
-        &[
-            "cert",
-            "issue",
-            "--csr",
-            c.to_str().unwrap(),
-            "--serial",
-            "VBUS-CPU-2412-000009",
-            "--uuid",
-            "6f9619ff-8b86-4011-b42d-00c04fc96409",
-        ],
-    );
+    let issue = || {
+        kmsctl(
+            &dir,
+            &[
+                "cert",
+                "issue",
+                "--csr",
+                c.to_str().unwrap(),
+                "--serial",
+                "VBUS-CPU-2412-000009",
+                "--uuid",
+                "6f9619ff-8b86-4011-b42d-00c04fc96409",
+            ],
+        )
+    };
+    let out = issue();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).starts_with("error[audit_torn_tail]: "),
@@ -189,18 +192,6 @@ fn a_torn_tail_stops_operations_until_repaired() {
     );
     ok(kmsctl(&dir, &["audit", "repair", "--yes"]));
     assert_eq!(std::fs::read(&seg).unwrap(), bytes[..bytes.len() - 5]);
-    ok(kmsctl(
-        &dir,
-        &[
-            "cert",
-            "issue",
-            "--csr",
-            c.to_str().unwrap(),
-            "--serial",
-            "VBUS-CPU-2412-000009",
-            "--uuid",
-            "6f9619ff-8b86-4011-b42d-00c04fc96409",
-        ],
-    ));
+    ok(issue());
     assert!(ok(kmsctl(&dir, &["audit", "verify"])).starts_with("audit log OK"));
 }
