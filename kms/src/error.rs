@@ -102,6 +102,15 @@ pub enum Error {
         waited_ms: u64,
     },
 
+    /// The token did not answer within the caller's time limit.
+    #[error("token {label:?} did not answer within {waited_ms} ms")]
+    TokenTimeout {
+        /// Token label.
+        label: String,
+        /// How long the caller waited.
+        waited_ms: u64,
+    },
+
     /// No key with that label and class is on the token.
     #[error("no {class} key labelled {label:?} on the token; list keys with `kmsctl status`")]
     KeyNotFound {
@@ -207,7 +216,9 @@ impl Error {
             Error::PinSource { .. } => "pin_unavailable",
             Error::ModuleLoad { .. } | Error::TokenNotFound { .. } => "token_unavailable",
             Error::PinRejected { .. } => "token_pin_rejected",
-            Error::TokenUnavailable { .. } | Error::PoolExhausted { .. } => "token_unavailable",
+            Error::TokenUnavailable { .. }
+            | Error::PoolExhausted { .. }
+            | Error::TokenTimeout { .. } => "token_unavailable",
             Error::KeyNotFound { .. } => "key_not_found",
             Error::WrongKeyType { .. } => "key_wrong_type",
             Error::KeyExists { .. } => "key_exists",
@@ -238,6 +249,7 @@ impl Error {
             | Error::PinRejected { .. }
             | Error::TokenUnavailable { .. }
             | Error::PoolExhausted { .. }
+            | Error::TokenTimeout { .. }
             | Error::Io { .. } => 503,
             Error::Ca(ca::Error::Signer(inner)) | Error::Ca(ca::Error::Random(inner)) => inner
                 .downcast_ref::<Error>()

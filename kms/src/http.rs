@@ -63,8 +63,8 @@ async fn healthz(State(st): State<AppState>) -> Response {
             error_response(&e)
         }
         Ok(Err(_)) => error_response(&Error::Unreachable("health check task panicked")),
-        Err(_) => error_response(&Error::PoolExhausted {
-            size: 0,
+        Err(_) => error_response(&Error::TokenTimeout {
+            label,
             waited_ms: HEALTH_TIMEOUT.as_millis() as u64,
         }),
     }
