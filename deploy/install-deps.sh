@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=()
-for pkg in softhsm2 opensc openssl curl ca-certificates gcc libc6-dev; do
+for pkg in softhsm2 opensc openssl curl ca-certificates gcc libc6-dev python3 python3-cryptography; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

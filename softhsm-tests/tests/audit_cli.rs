@@ -127,6 +127,16 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
         (Some(6), Some(6))
     );
 
+    // A verifier written from the README alone, in another language, agrees.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/verify-audit-export.py");
+    let python = |file: &Path| {
+        run(Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(file)
+            .arg(&vkey))
+    };
+    assert_eq!(ok(python(&export)).trim(), "OK 6 6");
+
     // One byte changed in record 4's body: caught, named.
     let text = std::fs::read_to_string(&export).unwrap();
     let tampered = tmp.path().join("tampered.jsonl");
@@ -141,6 +151,14 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
     assert!(
         err.starts_with("error[audit_tampered]: audit record 4 does not verify"),
         "{err}"
+    );
+    let py = python(&tampered);
+    assert_eq!(
+        (
+            py.status.code(),
+            String::from_utf8_lossy(&py.stdout).trim().to_owned()
+        ),
+        (Some(1), "BAD 4 chain".to_owned())
     );
 }
 
