@@ -227,6 +227,22 @@ pub(crate) fn read_checkpoints(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The stored checkpoint notes grouped by the size each covers (a note
+/// whose size line does not parse is grouped under 0, where verification
+/// rejects it).
+pub(crate) fn checkpoints_by_size(dir: &Path) -> Result<BTreeMap<u64, Vec<String>>> {
+    let mut by_size: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for note in read_checkpoints(dir)? {
+        let size = note
+            .lines()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        by_size.entry(size).or_default().push(note);
+    }
+    Ok(by_size)
+}
+
 impl Log {
     /// Open (or create) the log in `dir`, checking the whole chain, refusing
     /// a torn tail, and refusing a log behind its newest checkpoint. With a
@@ -469,15 +485,7 @@ impl Log {
     /// Write the JSON-lines export of records `from..` with the checkpoint
     /// lines after the record each covers. Returns the number of records.
     pub fn export(dir: &Path, from: u64, out: &mut dyn Write) -> Result<u64> {
-        let mut notes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-        for note in read_checkpoints(dir)? {
-            let size = note
-                .lines()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            notes.entry(size).or_default().push(note);
-        }
+        let notes = checkpoints_by_size(dir)?;
         let path = dir.join(SEGMENT_FILE);
         let mut n = 0;
         let w = |e: std::io::Error| Error::Io {

@@ -212,16 +212,7 @@ pub fn verify_log(
     outside: Option<&str>,
     mut progress: impl FnMut(u64),
 ) -> Result<Report> {
-    let mut by_size: std::collections::BTreeMap<u64, Vec<String>> =
-        std::collections::BTreeMap::new();
-    for note in crate::log::read_checkpoints(dir)? {
-        let size = note
-            .lines()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        by_size.entry(size).or_default().push(note);
-    }
+    let by_size = crate::log::checkpoints_by_size(dir)?;
     let mut heads = Vec::new();
     let mut report = Report {
         first: 1,

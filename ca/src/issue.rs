@@ -370,18 +370,17 @@ impl Ca {
         device.certificates.push(record.serial_number.clone());
         device.reissue_allowed = false;
 
-        let json = |v: &dyn erased::Json| v.to_json();
         let mut writes = vec![
             Write::Insert {
                 tree: Tree::Certificates,
                 key: record.serial_number.as_bytes().to_vec(),
-                value: json(record)?,
+                value: to_json(record)?,
             },
             Write::Replace {
                 tree: Tree::Devices,
                 key: record.module_serial.as_bytes().to_vec(),
-                expected: old.map(|d| d.to_json()).transpose()?,
-                value: json(&device)?,
+                expected: old.map(to_json).transpose()?,
+                value: to_json(&device)?,
             },
             Write::Insert {
                 tree: Tree::PublicKeys,
@@ -485,8 +484,8 @@ impl Ca {
             let write = Write::Replace {
                 tree: Tree::Devices,
                 key: module_serial.as_bytes().to_vec(),
-                expected: Some(old.to_json()?),
-                value: new.to_json()?,
+                expected: Some(to_json(&old)?),
+                value: to_json(&new)?,
             };
             if self.store.commit(&[write])?.is_ok() {
                 return Ok(());
@@ -516,18 +515,7 @@ impl Ca {
     }
 }
 
-mod erased {
-    use crate::error::Result;
-
-    /// Serialise a record for the store.
-    pub trait Json {
-        fn to_json(&self) -> Result<Vec<u8>>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Result<Vec<u8>> {
-            serde_json::to_vec(self).map_err(|e| crate::Error::Encoding(e.to_string()))
-        }
-    }
+/// A record as the JSON bytes the store keeps.
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Encoding(e.to_string()))
 }
-use erased::Json as _;

@@ -8,6 +8,8 @@
 #![allow(clippy::expect_used)] // a benchmark with a broken fixture should stop
 #![allow(missing_docs)] // criterion_group! generates an undocumented fn
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -15,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass};
 use kms::config::Config;
 use kms::pin::load_pin;
 use kms::storage::SledStore;
@@ -56,16 +57,7 @@ fn issuance(c: &mut Criterion) {
 
     // The raw token rate: a bare session, the intermediate key, C_Sign.
     {
-        let session = token
-            .pkcs11()
-            .open_ro_session(token.slot().expect("slot"))
-            .expect("session");
-        let key = session
-            .find_objects(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::Label(cfg.ca.intermediate_key.as_bytes().to_vec()),
-            ])
-            .expect("find")[0];
+        let (session, key) = common::bare_session(&token, &cfg.ca.intermediate_key);
         let digest = [7u8; 32];
         g.bench_function("bare_token_sign_1_thread", |b| {
             b.iter(|| session.sign(&Mechanism::Ecdsa, key, &digest).expect("sign"))

@@ -7,14 +7,14 @@
 #![allow(clippy::expect_used)] // a benchmark with a broken fixture should stop
 #![allow(missing_docs)] // criterion_group! generates an undocumented fn
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
 use kms::config::Config;
 use kms::pin::load_pin;
 use kms::token::{KeyPairKind, Token};
@@ -42,7 +42,7 @@ fn sign_benchmarks(c: &mut Criterion) {
 
     // Bare: one session of our own, the key handle found once, C_Sign in a loop.
     {
-        let (session, key) = bare_session(&token);
+        let (session, key) = common::bare_session(&token, "bench-key");
         g.bench_function("bare_c_sign_1_thread", |b| {
             b.iter(|| session.sign(&Mechanism::Ecdsa, key, &digest).expect("sign"))
         });
@@ -59,7 +59,7 @@ fn sign_benchmarks(c: &mut Criterion) {
                     let digest = &digest;
                     let n = iters / 2 + (t as u64) * (iters % 2);
                     s.spawn(move || {
-                        let (session, key) = bare_session(token);
+                        let (session, key) = common::bare_session(token, "bench-key");
                         for _ in 0..n {
                             session.sign(&Mechanism::Ecdsa, key, digest).expect("sign");
                         }
@@ -104,7 +104,7 @@ fn interleaved_ratio(token: &Token, message: &[u8]) {
     const ROUNDS: usize = 21;
     const PER_ROUND: u32 = 1_000;
     let digest = Sha256::digest(message);
-    let (session, key) = bare_session(token);
+    let (session, key) = common::bare_session(token, "bench-key");
     let mut ratios = Vec::with_capacity(ROUNDS);
     let (mut bare_total, mut pool_total) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..ROUNDS {
@@ -133,21 +133,6 @@ fn interleaved_ratio(token: &Token, message: &[u8]) {
         ratios[0],
         ratios[ROUNDS - 1]
     );
-}
-
-/// A session of our own beside the pool, and the bench key's handle in it.
-fn bare_session(token: &Token) -> (Session, ObjectHandle) {
-    let session = token
-        .pkcs11()
-        .open_ro_session(token.slot().expect("slot"))
-        .expect("session");
-    let key = session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Label(b"bench-key".to_vec()),
-        ])
-        .expect("find")[0];
-    (session, key)
 }
 
 criterion_group!(benches, sign_benchmarks);

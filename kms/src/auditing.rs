@@ -138,18 +138,18 @@ pub fn issue(
             )?;
             Ok(issued)
         }
+        // The journal itself failed: the log cannot take a refusal record either.
+        Err(e @ ca::Error::Journal(_)) => Err(e.into()),
         Err(e) => {
             let e = Error::from(e);
-            if e.code() != "audit_unavailable" {
-                record(
-                    log,
-                    actor,
-                    ISSUE_OP,
-                    &subject,
-                    e.code(),
-                    json!({ "hw_uuid": req.hw_uuid.chars().take(64).collect::<String>() }),
-                )?;
-            }
+            record(
+                log,
+                actor,
+                ISSUE_OP,
+                &subject,
+                e.code(),
+                json!({ "hw_uuid": req.hw_uuid.chars().take(64).collect::<String>() }),
+            )?;
             Err(e)
         }
     }

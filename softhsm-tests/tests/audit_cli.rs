@@ -14,6 +14,23 @@ fn kmsctl(dir: &Path, args: &[&str]) -> Output {
         .args(args))
 }
 
+/// `kmsctl cert issue` of `csr` for `serial` / `uuid` on the appliance in `dir`.
+fn issue(dir: &Path, csr: &Path, serial: &str, uuid: &str) -> Output {
+    kmsctl(
+        dir,
+        &[
+            "cert",
+            "issue",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--serial",
+            serial,
+            "--uuid",
+            uuid,
+        ],
+    )
+}
+
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -35,21 +52,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
         .status
         .success());
     let c = csr(tmp.path(), "VBUS-CPU-2412-000001");
-    let issue = |serial: &str, uuid: &str| {
-        kmsctl(
-            &dir,
-            &[
-                "cert",
-                "issue",
-                "--csr",
-                c.to_str().unwrap(),
-                "--serial",
-                serial,
-                "--uuid",
-                uuid,
-            ],
-        )
-    };
+    let issue = |serial: &str, uuid: &str| issue(&dir, &c, serial, uuid);
     ok(issue(
         "VBUS-CPU-2412-000001",
         "6f9619ff-8b86-4011-b42d-00c04fc96401",
@@ -176,18 +179,11 @@ fn a_torn_tail_stops_operations_until_repaired() {
 
     let c = csr(tmp.path(), "VBUS-CPU-2412-000009");
     let issue = || {
-        kmsctl(
+        issue(
             &dir,
-            &[
-                "cert",
-                "issue",
-                "--csr",
-                c.to_str().unwrap(),
-                "--serial",
-                "VBUS-CPU-2412-000009",
-                "--uuid",
-                "6f9619ff-8b86-4011-b42d-00c04fc96409",
-            ],
+            &c,
+            "VBUS-CPU-2412-000009",
+            "6f9619ff-8b86-4011-b42d-00c04fc96409",
         )
     };
     let out = issue();

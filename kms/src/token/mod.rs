@@ -245,9 +245,10 @@ impl Token {
 
     /// AES-256-GCM encrypt with a fresh random nonce from the token RNG.
     pub fn gcm_encrypt(&self, key_label: &str, aad: &[u8], plaintext: &[u8]) -> Result<Sealed> {
-        let mut iv = [0u8; GCM_IV_LEN];
-        self.fill_random(&mut iv)?;
+        // Nonce and encryption on one leased session, not two.
         self.run(|s| {
+            let mut iv = [0u8; GCM_IV_LEN];
+            s.generate_random_slice(&mut iv).map_err(ck)?;
             let k = self.find(s, key_label, KeyClass::Secret)?;
             ops::gcm_encrypt(s, (k.handle, k.algorithm, key_label), iv, aad, plaintext)
         })
