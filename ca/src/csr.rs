@@ -58,6 +58,15 @@ fn decode(input: &[u8]) -> Result<Vec<u8>> {
     Ok(der)
 }
 
+/// The key type of the CSR in `input`, read without any other check (the
+/// policy decides on it before the CSR's signature is verified). The errors
+/// are the ones [`check`] would give for the same input.
+pub fn key_type(input: &[u8]) -> Result<KeyType> {
+    let der = decode(input)?;
+    let csr = CertReq::from_der(&der).map_err(|e| Error::CsrMalformed(e.to_string()))?;
+    classify_key(&csr)
+}
+
 /// Parse and check `input` for a device of `serial` / `uuid` under `profile`.
 pub fn check(
     input: &[u8],

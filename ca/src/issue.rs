@@ -71,6 +71,9 @@ pub struct IssueRequest<'a> {
     pub hw_uuid: &'a str,
     /// The CSR, PEM or DER.
     pub csr: &'a [u8],
+    /// Validity the policy sets for this request, in days; the profile's
+    /// when `None`. Never longer than the profile's.
+    pub validity_days: Option<u32>,
 }
 
 /// An issued (or, for a repeated request, the stored) certificate.
@@ -223,8 +226,10 @@ impl Ca {
             return Err(Error::IssuerExpired(rfc3339(self.issuer_not_after)));
         }
         let not_before = now - BACKDATE;
-        let not_after =
-            (now + Duration::days(i64::from(profile.validity_days))).min(self.issuer_not_after);
+        let days = req
+            .validity_days
+            .map_or(profile.validity_days, |d| d.min(profile.validity_days));
+        let not_after = (now + Duration::days(i64::from(days))).min(self.issuer_not_after);
         // Whole seconds: what the certificate can express.
         let not_before = not_before
             .replace_nanosecond(0)

@@ -26,7 +26,7 @@ pub use build::{
     ca_params, client_params, issuer_params, key_identifier, Basics, CaRole, HardwareModuleName,
     SubjectKey, Urls,
 };
-pub use csr::{check as check_csr, CheckedCsr, MAX_CSR_BYTES};
+pub use csr::{check as check_csr, key_type as csr_key_type, CheckedCsr, MAX_CSR_BYTES};
 pub use error::{Error, Result};
 pub use ident::{HwUuid, ModuleSerial, ModuleType};
 pub use issue::{

@@ -28,6 +28,7 @@ fn issued_certificate_is_exactly_the_profile() {
                 module_serial: CPU,
                 hw_uuid: &id,
                 csr: &csr(&device, CPU, &id),
+                validity_days: None,
             },
             &journal,
         )
@@ -156,6 +157,7 @@ fn same_request_returns_the_same_certificate_and_a_new_key_needs_an_officer() {
                 module_serial: CPU,
                 hw_uuid: &id,
                 csr: c,
+                validity_days: None,
             },
             &journal,
         )
@@ -223,7 +225,8 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
             &IssueRequest {
                 module_serial: "VBUS-PWR-2412-000001",
                 hw_uuid: &uuid(),
-                csr: b""
+                csr: b"",
+                validity_days: None,
             },
             &journal
         )
@@ -240,6 +243,7 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
             module_serial: "VBUS-CPU-2412-000100",
             hw_uuid: &taken_uuid,
             csr: &csr(&taken_key, "VBUS-CPU-2412-000100", &taken_uuid),
+            validity_days: None,
         },
         &journal,
     )
@@ -568,6 +572,7 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
                     module_serial: serial,
                     hw_uuid: hw,
                     csr,
+                    validity_days: None,
                 },
                 &journal,
             )
@@ -595,6 +600,7 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
                     module_serial: comm,
                     hw_uuid: &comm_uuid,
                     csr: &fixture(name),
+                    validity_days: None,
                 },
                 &journal,
             )
@@ -604,5 +610,45 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
             Ok(_) => ca.allow_reissue(comm).unwrap(),
             Err(e) => panic!("{key_type}: {e}"),
         }
+    }
+}
+
+#[test]
+fn policy_validity_shortens_but_never_lengthens_the_profile() {
+    let h = hierarchy();
+    // (policy days, expected days): the profile allows 3650 for COMM here,
+    // the intermediate runs 1825 days.
+    let profiles = ca::DEFAULT_PROFILES.replace("validity_days = 3650", "validity_days = 400");
+    let rows: [(Option<u32>, i64); 4] = [
+        (None, 400),
+        (Some(30), 30),
+        (Some(400), 400),
+        (Some(9000), 400),
+    ];
+    for (i, (policy_days, days)) in rows.into_iter().enumerate() {
+        let ca = new_ca(&h, Arc::new(MemoryStore::new()), &profiles);
+        let serial = format!("VBUS-COMM-2412-00000{i}");
+        let id = uuid();
+        let issued = ca
+            .issue(
+                &IssueRequest {
+                    module_serial: &serial,
+                    hw_uuid: &id,
+                    csr: &csr(&SoftP256::generate(), &serial, &id),
+                    validity_days: policy_days,
+                },
+                &ca::testing::MemoryJournal::default(),
+            )
+            .unwrap();
+        let cert = Certificate::from_der(&issued.certificate_der).unwrap();
+        assert_eq!(
+            cert.tbs_certificate
+                .validity
+                .not_after
+                .to_unix_duration()
+                .as_secs() as i64,
+            (NOW + time::Duration::days(days)).unix_timestamp(),
+            "policy {policy_days:?}"
+        );
     }
 }

@@ -19,6 +19,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cryptoki::mechanism::Mechanism;
 use kms::config::Config;
 use kms::pin::load_pin;
+use kms::policy::{Caller, PolicyState};
 use kms::storage::SledStore;
 use kms::token::Token;
 use softhsm_tests::SoftHsm;
@@ -34,7 +35,10 @@ fn issuance(c: &mut Criterion) {
     hsm.export_env();
     let data = hsm.dir().join("appliance");
     let toml = hsm.appliance_toml("pool_size = 4\n");
-    let cfg = Config::parse(&toml, Path::new("/")).expect("config");
+    let mut cfg = Config::parse(&toml, Path::new("/")).expect("config");
+    let policy_file = hsm.dir().join("policy.toml");
+    std::fs::write(&policy_file, kms::quickstart::DEV_POLICY).expect("policy");
+    cfg.policy.file = Some(policy_file);
     let token =
         Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).expect("pin")).expect("token"));
     kms::ceremony::init(
@@ -48,6 +52,8 @@ fn issuance(c: &mut Criterion) {
     let store = Arc::new(SledStore::open(&cfg.storage.path).expect("store"));
     let ca = kms::ceremony::load_ca(&cfg, &token, store).expect("ca");
     let log = kms::auditing::open(&cfg, &token).expect("audit");
+    let policy = PolicyState::load(&cfg).expect("policy");
+    let station = Caller::Client("station-01".into());
     let next = AtomicU32::new(0);
 
     let mut g = c.benchmark_group("device_certificate");
@@ -75,17 +81,19 @@ fn issuance(c: &mut Criterion) {
                 std::thread::scope(|s| {
                     for chunk in reqs.chunks(reqs.len().div_ceil(threads as usize).max(1)) {
                         let ca = &ca;
-                        let log = &log;
+                        let (log, policy, station) = (&log, &policy, &station);
                         s.spawn(move || {
                             for (serial, uuid, csr) in chunk {
                                 kms::auditing::issue(
                                     ca,
                                     log,
-                                    "station-01",
+                                    policy,
+                                    station,
                                     &ca::IssueRequest {
                                         module_serial: serial,
                                         hw_uuid: uuid,
                                         csr,
+                                        validity_days: None,
                                     },
                                 )
                                 .expect("issue");

@@ -15,7 +15,9 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::policy::{Caller, PolicyState};
 use crate::token::{Token, TokenCheckpointSigner};
+use policies::Action;
 
 /// `local:<user>`: the actor of CLI use on the appliance itself.
 pub fn local_actor() -> String {
@@ -115,18 +117,63 @@ pub fn record(
     Ok(())
 }
 
-/// An audited issuance: new certificates are journaled before they are
-/// stored; repeats and refusals get a record of their own. If the refusal
-/// cannot be recorded either, the caller hears `audit_unavailable`.
+/// An audited issuance: the policy decides first (before the CSR's
+/// signature is checked and before any token operation); new certificates
+/// are journaled before they are stored; repeats and refusals get a record
+/// of their own. If the refusal cannot be recorded either, the caller hears
+/// `audit_unavailable`.
 pub fn issue(
     ca: &ca::Ca,
     log: &Log,
-    actor: &str,
+    policy: &PolicyState,
+    caller: &Caller,
     req: &ca::IssueRequest<'_>,
 ) -> Result<ca::Issued> {
+    let actor = caller.name();
     let subject: String = req.module_serial.chars().take(64).collect();
-    match ca.issue(req, &AuditJournal { log, actor }) {
-        Ok(issued) if issued.newly_issued => Ok(issued),
+    let refuse = |e: Error| -> Result<ca::Issued> {
+        record(
+            log,
+            actor,
+            ISSUE_OP,
+            &subject,
+            e.code(),
+            json!({ "hw_uuid": req.hw_uuid.chars().take(64).collect::<String>() }),
+        )?;
+        Err(e)
+    };
+    let admitted = match ca::csr_key_type(req.csr) {
+        Ok(key_type) => policy.admit(
+            caller,
+            &Action::IssueDevice {
+                module_serial: req.module_serial,
+                key_type: key_type.as_str(),
+            },
+        ),
+        // No key type to decide on: the station rules still speak first,
+        // then the CSR's own error.
+        Err(csr_error) => policy
+            .admit(
+                caller,
+                &Action::DeviceRecord {
+                    module_serial: req.module_serial,
+                },
+            )
+            .and(Err(csr_error.into())),
+    };
+    let admission = match admitted {
+        Ok(a) => a,
+        Err(e) => return refuse(e),
+    };
+    let req = ca::IssueRequest {
+        validity_days: admission.terms.validity_days,
+        ..*req
+    };
+    match ca.issue(&req, &AuditJournal { log, actor }) {
+        Ok(issued) if issued.newly_issued => {
+            admission.keep();
+            Ok(issued)
+        }
         Ok(issued) => {
             record(
                 log,
@@ -140,18 +187,7 @@ pub fn issue(
         }
         // The journal itself failed: the log cannot take a refusal record either.
         Err(e @ ca::Error::Journal(_)) => Err(e.into()),
-        Err(e) => {
-            let e = Error::from(e);
-            record(
-                log,
-                actor,
-                ISSUE_OP,
-                &subject,
-                e.code(),
-                json!({ "hw_uuid": req.hw_uuid.chars().take(64).collect::<String>() }),
-            )?;
-            Err(e)
-        }
+        Err(e) => refuse(e.into()),
     }
 }
 

@@ -403,15 +403,7 @@ pub fn show(cfg: &Config, token: &Token) -> Result<Vec<CaSummary>> {
 /// RNG, the system clock and `store`.
 pub fn load_ca(cfg: &Config, token: &Arc<Token>, store: Arc<dyn store::Store>) -> Result<ca::Ca> {
     let issuer_der = read_cert(&CaFiles::of(cfg).intermediate)?;
-    let profiles =
-        match &cfg.ca.profiles {
-            Some(path) => ca::Profiles::parse(&fs::read_to_string(path).map_err(io(path))?)
-                .map_err(|e| Error::Config {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?,
-            None => ca::Profiles::parse(ca::DEFAULT_PROFILES)?,
-        };
+    let profiles = profiles(cfg)?;
     let publication = cfg.publication_url();
     let settings = ca::CaSettings {
         issuer_der,
@@ -433,6 +425,22 @@ pub fn load_ca(cfg: &Config, token: &Arc<Token>, store: Arc<dyn store::Store>) -
         store,
         settings,
     )?)
+}
+
+/// The device certificate profiles of `cfg` (`ca.profiles`, or the shipped
+/// ones).
+pub fn profiles(cfg: &Config) -> Result<ca::Profiles> {
+    match &cfg.ca.profiles {
+        Some(path) => {
+            ca::Profiles::parse(&fs::read_to_string(path).map_err(io(path))?).map_err(|e| {
+                Error::Config {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })
+        }
+        None => Ok(ca::Profiles::parse(ca::DEFAULT_PROFILES)?),
+    }
 }
 
 /// The CA chain PEM (intermediate then root).

@@ -30,6 +30,18 @@ pub struct Config {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Who may do what.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`: the policy file (see README, "Policy").
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file. Unset: the empty policy, under which no station or
+    /// officer certificate may do anything (deny by default).
+    pub file: Option<PathBuf>,
 }
 
 /// `[audit]`: where the log lives and how it is checkpointed.
@@ -168,6 +180,10 @@ pub struct ServerConfig {
     /// The plain-HTTP, read-only publication port (CRLs, OCSP, chain, health).
     #[serde(default = "defaults::publication_listen")]
     pub publication_listen: SocketAddr,
+    /// Local admin socket (Unix domain, mode 0600): how `kmsctl` on the
+    /// appliance reaches a running `kmsd`.
+    #[serde(default = "defaults::admin_socket")]
+    pub admin_socket: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -175,6 +191,7 @@ impl Default for ServerConfig {
         Self {
             api_listen: defaults::api_listen(),
             publication_listen: defaults::publication_listen(),
+            admin_socket: defaults::admin_socket(),
         }
     }
 }
@@ -238,6 +255,9 @@ mod defaults {
     pub fn publication_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     }
+    pub fn admin_socket() -> PathBuf {
+        "admin.sock".into()
+    }
 }
 
 /// Largest pool we accept; more sessions than this buys nothing on a 2-core
@@ -270,6 +290,8 @@ impl Config {
         cfg.ca.profiles = cfg.ca.profiles.as_deref().map(|p| resolve(base, p));
         cfg.storage.path = resolve(base, &cfg.storage.path);
         cfg.audit.dir = resolve(base, &cfg.audit.dir);
+        cfg.policy.file = cfg.policy.file.as_deref().map(|p| resolve(base, p));
+        cfg.server.admin_socket = resolve(base, &cfg.server.admin_socket);
         if cfg.audit.origin.is_empty() || cfg.audit.origin.contains(['+', ' ', '\n']) {
             return Err(
                 "audit.origin must be non-empty without spaces or '+' (a C2SP key name)".into(),

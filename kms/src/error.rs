@@ -195,6 +195,23 @@ pub enum Error {
     #[error("not initialised: {0}; run `kmsctl init` (or `kmsctl quickstart`)")]
     NotInitialized(String),
 
+    /// The policy file is invalid; whatever policy was running stays.
+    #[error("policy {path}: line {line}, column {column}: {reason}")]
+    Policy {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending item.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The policy denies the request (its code says which rule).
+    #[error("{0}")]
+    Denied(policies::Denial),
+
     /// A broken internal invariant; a bug, reported instead of panicking.
     #[error("internal error: {0}")]
     Unreachable(&'static str),
@@ -234,6 +251,8 @@ impl Error {
             Error::Audit(e) => e.code(),
             Error::AlreadyInitialized(_) => "already_initialized",
             Error::NotInitialized(_) => "not_initialized",
+            Error::Policy { .. } => "policy_invalid",
+            Error::Denied(d) => d.code.as_str(),
             Error::Unreachable(_) => "internal_error",
         }
     }
@@ -260,11 +279,28 @@ impl Error {
             Error::Audit(_) => 503,
             Error::AlreadyInitialized(_) => 409,
             Error::NotInitialized(_) => 503,
+            Error::Policy { .. } => 400,
+            Error::Denied(d) => match d.code {
+                policies::Code::QuotaExceeded => 429,
+                policies::Code::MalformedSerial => 400,
+                _ => 403,
+            },
             Error::Config { .. }
             | Error::PinSource { .. }
             | Error::TokenProtocol(_)
             | Error::Pkcs11 { .. }
             | Error::Unreachable(_) => 500,
+        }
+    }
+}
+
+impl Error {
+    /// When a refused request may be tried again (unix seconds), for the
+    /// `Retry-After` header: set for `quota_exceeded`.
+    pub fn retry_after(&self) -> Option<i64> {
+        match self {
+            Error::Denied(d) => d.retry_after,
+            _ => None,
         }
     }
 }

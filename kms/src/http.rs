@@ -39,8 +39,19 @@ pub fn publication_router(state: AppState) -> Router {
 /// [`Error::http_status`].
 pub fn error_response(e: &Error) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = json!({ "error": { "code": e.code(), "message": e.to_string() } });
-    (status, Json(body)).into_response()
+    let mut error = json!({ "code": e.code(), "message": e.to_string() });
+    let Some(at) = e.retry_after() else {
+        return (status, Json(json!({ "error": error }))).into_response();
+    };
+    // quota_exceeded: when to come back, in the body and as Retry-After.
+    error["retry_after"] = json!(crate::policy::rfc3339(at));
+    let wait = at.saturating_sub(crate::policy::now()).max(1);
+    (
+        status,
+        [(axum::http::header::RETRY_AFTER, wait.to_string())],
+        Json(json!({ "error": error })),
+    )
+        .into_response()
 }
 
 /// 200 with the token label and key count when the token answers, 503

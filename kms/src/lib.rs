@@ -7,12 +7,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auditing;
 pub mod ceremony;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod pin;
+pub mod policy;
 pub mod quickstart;
 pub mod storage;
 pub mod token;

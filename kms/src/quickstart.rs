@@ -2,9 +2,10 @@
 //!
 //! Creates in DIR a SoftHSM2 configuration and token directory, initialises a
 //! token through PKCS#11 (`C_InitToken`, `C_InitPIN`) with random SO and user
-//! PINs kept in 0600 files, writes `DIR/kmsd.toml` and `DIR/profiles.toml`,
-//! runs the key ceremony (CA hierarchy in `DIR/ca/`, officer credential in
-//! `DIR/officer/`) and makes the station credential `DIR/stations/station-01/`.
+//! PINs kept in 0600 files, writes `DIR/kmsd.toml`, `DIR/profiles.toml` and
+//! `DIR/policy.toml`, runs the key ceremony (CA hierarchy in `DIR/ca/`,
+//! officer credential in `DIR/officer/`) and makes the station credential
+//! `DIR/stations/station-01/`.
 //! Each step is skipped when its result exists, so running it again on a
 //! complete DIR changes nothing and an interrupted run can be finished.
 
@@ -81,6 +82,10 @@ pub fn run(dir: &Path, opts: &Options) -> Result<Outcome> {
     Ok(Outcome { config, created })
 }
 
+/// The development policy quickstart writes (`deploy/policy.toml`): the
+/// quickstart station may provision every module type.
+pub const DEV_POLICY: &str = include_str!("../../deploy/policy.toml");
+
 /// The first officer's identity.
 pub const OFFICER_ID: &str = "officer-01";
 /// The quickstart station's identity.
@@ -128,7 +133,8 @@ fn create_token_and_config(dir: &Path, config: &Path, opts: &Options) -> Result<
          [server]\napi_listen = \"{api}\"\npublication_listen = \"{publication}\"\n\n\
          [ca]\nprofiles = \"profiles.toml\"\n\n\
          [storage]\npath = \"data\"\n\n\
-         [audit]\ndir = \"audit\"\n",
+         [audit]\ndir = \"audit\"\n\n\
+         [policy]\nfile = \"policy.toml\"\n",
         module = opts.module.display().to_string(),
         conf = conf.display().to_string(),
         api = opts.api,
@@ -139,6 +145,7 @@ fn create_token_and_config(dir: &Path, config: &Path, opts: &Options) -> Result<
         ca::DEFAULT_PROFILES.as_bytes(),
         0o644,
     )?;
+    write_new(&dir.join("policy.toml"), DEV_POLICY.as_bytes(), 0o644)?;
     // The config is written last: its presence means "token and config done".
     write_new(config, toml.as_bytes(), 0o644)
 }

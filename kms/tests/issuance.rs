@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use kms::policy::{Caller, PolicyState};
 use kms::storage::SledStore;
 use softhsm_tests::SoftHsm;
 use store::{Store, Tree};
@@ -21,6 +22,8 @@ fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
     let store = Arc::new(SledStore::open(&cfg.storage.path).unwrap());
     let ca = Arc::new(kms::ceremony::load_ca(&cfg, &token, store.clone()).unwrap());
     let log = kms::auditing::open(&cfg, &token).unwrap();
+    let policy = PolicyState::load(&cfg).unwrap();
+    let station = Caller::Client("station-01".into());
 
     const N: u32 = 10_000;
     const THREADS: u32 = 4;
@@ -28,7 +31,7 @@ fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
                 let ca = ca.clone();
-                let log = &log;
+                let (log, policy, station) = (&log, &policy, &station);
                 s.spawn(move || {
                     (t..N)
                         .step_by(THREADS as usize)
@@ -37,11 +40,13 @@ fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
                             let issued = kms::auditing::issue(
                                 &ca,
                                 log,
-                                "station-01",
+                                policy,
+                                station,
                                 &ca::IssueRequest {
                                     module_serial: &serial,
                                     hw_uuid: &uuid(i),
                                     csr: &ca::testing::device_csr(&serial),
+                                    validity_days: None,
                                 },
                             )
                             .unwrap();

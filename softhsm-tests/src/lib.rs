@@ -210,3 +210,113 @@ pub fn bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `kmsctl quickstart DIR` with the publication port on `port`.
+pub fn quickstart(dir: &Path, port: u16) -> Output {
+    run(Command::new(bin("kmsctl"))
+        .arg("quickstart")
+        .arg(dir)
+        .args(["--pub", &format!("127.0.0.1:{port}")]))
+}
+
+/// `kmsctl --config DIR/kmsd.toml ARGS…`.
+pub fn kmsctl(dir: &Path, args: &[&str]) -> Output {
+    run(Command::new(bin("kmsctl"))
+        .arg("--config")
+        .arg(dir.join("kmsd.toml"))
+        .args(args))
+}
+
+/// GET with curl; (status, body). Status 0 when nothing answered.
+pub fn curl(url: &str) -> (u16, String) {
+    let out =
+        run(Command::new("curl").args(["-s", "-w", "\n%{http_code}", "--max-time", "10", url]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap_or(0), body.to_owned())
+}
+
+/// Poll `url` until something answers (30 s at most); the last answer.
+pub fn wait_for(url: &str) -> (u16, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let answer = curl(url);
+        if answer.0 != 0 || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A running `kmsd`, killed if a test fails before stopping it.
+pub struct Service(pub std::process::Child);
+
+impl Service {
+    /// Start `kmsd --config DIR/kmsd.toml` and wait until `/healthz` on
+    /// `port` answers 200.
+    pub fn start(dir: &Path, port: u16) -> Self {
+        let child = Command::new(bin("kmsd"))
+            .arg("--config")
+            .arg(dir.join("kmsd.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let service = Service(child);
+        let (status, body) = wait_for(&format!("http://127.0.0.1:{port}/healthz"));
+        assert_eq!(status, 200, "{body}");
+        service
+    }
+
+    /// SIGTERM and wait; the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        assert!(run(Command::new("kill").args(["-TERM", &pid]))
+            .status
+            .success());
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Standard output of a command that must succeed (its stderr otherwise).
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `kmsctl cert issue --csr CSR --serial SERIAL --uuid UUID EXTRA…` on the
+/// appliance in `dir`.
+pub fn kmsctl_issue(dir: &Path, csr: &Path, serial: &str, uuid: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "cert",
+        "issue",
+        "--csr",
+        csr.to_str().unwrap(),
+        "--serial",
+        serial,
+        "--uuid",
+        uuid,
+    ];
+    args.extend_from_slice(extra);
+    kmsctl(dir, &args)
+}

@@ -5,39 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use softhsm_tests::{bin, run};
-
-fn kmsctl(dir: &Path, args: &[&str]) -> Output {
-    run(Command::new(bin("kmsctl"))
-        .arg("--config")
-        .arg(dir.join("kmsd.toml"))
-        .args(args))
-}
+use softhsm_tests::{bin, kmsctl, ok, run};
 
 /// `kmsctl cert issue` of `csr` for `serial` / `uuid` on the appliance in `dir`.
 fn issue(dir: &Path, csr: &Path, serial: &str, uuid: &str) -> Output {
-    kmsctl(
-        dir,
-        &[
-            "cert",
-            "issue",
-            "--csr",
-            csr.to_str().unwrap(),
-            "--serial",
-            serial,
-            "--uuid",
-            uuid,
-        ],
-    )
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    softhsm_tests::kmsctl_issue(dir, csr, serial, uuid, &[])
 }
 
 fn csr(dir: &Path, cn: &str) -> PathBuf {

@@ -39,24 +39,11 @@ fn appliance() -> Appliance {
 
 impl Appliance {
     fn kmsctl(&self, args: &[&str]) -> Output {
-        run(Command::new(bin("kmsctl"))
-            .arg("--config")
-            .arg(self.dir.join("kmsd.toml"))
-            .args(args))
+        softhsm_tests::kmsctl(&self.dir, args)
     }
 
     fn issue(&self, csr: &Path, serial: &str, uuid: &str) -> Output {
-        self.kmsctl(&[
-            "--json",
-            "cert",
-            "issue",
-            "--csr",
-            csr.to_str().unwrap(),
-            "--serial",
-            serial,
-            "--uuid",
-            uuid,
-        ])
+        softhsm_tests::kmsctl_issue(&self.dir, csr, serial, uuid, &["--json"])
     }
 }
 

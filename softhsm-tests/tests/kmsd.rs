@@ -1,61 +1,15 @@
 //! The built `kmsctl` and `kmsd` binaries on a real SoftHSM2 token.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use softhsm_tests::{bin, run, MODULE};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn quickstart(dir: &Path, port: u16) -> std::process::Output {
-    run(Command::new(bin("kmsctl"))
-        .arg("quickstart")
-        .arg(dir)
-        .args(["--pub", &format!("127.0.0.1:{port}")]))
-}
+use softhsm_tests::{bin, curl, free_port, quickstart, run, wait_for, Service, MODULE};
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
-/// GET with curl; (status, body). Status 0 when nothing answered.
-fn curl(url: &str) -> (u16, String) {
-    let out =
-        run(Command::new("curl").args(["-s", "-w", "\n%{http_code}", "--max-time", "10", url]));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.parse().unwrap_or(0), body.to_owned())
-}
-
-/// Kills the service if a test fails before stopping it.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(url: &str) -> (u16, String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = curl(url);
-        if answer.0 != 0 || Instant::now() > deadline {
-            return answer;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -284,7 +238,7 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
                 .to_owned()
         })
         .collect();
-    assert_eq!(service, ["service.start", "service.stop"]);
+    assert_eq!(service, ["service.start", "policy.load", "service.stop"]);
     let verified = kmsctl(&["--json", "audit", "verify"]);
     let v: serde_json::Value = serde_json::from_str(&verified).unwrap();
     assert_eq!(v["records"], v["checkpointed"], "{verified}");

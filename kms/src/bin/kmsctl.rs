@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kms::admin::{self, Reply};
 use kms::auditing;
 use kms::ceremony;
 use kms::config::Config;
 use kms::pin::load_pin;
+use kms::policy::{Caller, PolicyState};
 use kms::quickstart;
 use kms::storage::SledStore;
 use kms::token::Token;
@@ -85,6 +87,41 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Who may do what (the policy file).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the effective policy: the running one when kmsd runs, else the
+    /// configured file (or --file).
+    Show {
+        /// A policy file to show instead (validated as a reload would).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Explain, rule by rule, what the policy decides for a station asking
+    /// for a device certificate now. Performs nothing.
+    Check {
+        /// Station identity (the CN of its certificate).
+        #[arg(long)]
+        station: String,
+        /// Module serial.
+        #[arg(long)]
+        serial: String,
+        /// Key type of the device CSR.
+        #[arg(long, default_value = "ecdsa-p256")]
+        key_type: String,
+        /// A candidate policy file to check against instead of the running one.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Validate the configured policy file and put it in force in the
+    /// running kmsd (audited); a bad file is refused and the running policy stays.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -183,8 +220,13 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The stable code first, for scripts; then the whole story.
-            match e.chain().find_map(|c| c.downcast_ref::<kms::Error>()) {
-                Some(k) => eprintln!("error[{}]: {e:#}", k.code()),
+            let code = e.chain().find_map(|c| {
+                c.downcast_ref::<kms::Error>()
+                    .map(|k| k.code().to_owned())
+                    .or_else(|| c.downcast_ref::<RemoteError>().map(|r| r.code.clone()))
+            });
+            match code {
+                Some(code) => eprintln!("error[{code}]: {e:#}"),
                 None => eprintln!("error: {e:#}"),
             }
             std::process::ExitCode::FAILURE
@@ -271,14 +313,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (cfg, token) = open_token(require_config(&cli.config)?)?;
             let csr = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
             let (ca, log) = open_ca(&cfg, &token)?;
+            let policy = PolicyState::load(&cfg)?;
             let issued = auditing::issue(
                 &ca,
                 &log,
-                &auditing::local_actor(),
+                &policy,
+                &Caller::local(),
                 &ca::IssueRequest {
                     module_serial: serial,
                     hw_uuid: uuid,
                     csr: &csr,
+                    validity_days: None,
                 },
             )?;
             let pem = ceremony::pem(&issued.certificate_der)?;
@@ -336,6 +381,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("store rebuilt from the audit log: {certs} certificate(s), {permissions} re-issue permission(s)");
             Ok(())
         }
+        Command::Policy { command } => {
+            policy_command(require_config(&cli.config)?, command, cli.json)
+        }
         Command::Audit { command } => {
             audit_command(require_config(&cli.config)?, command, cli.json)
         }
@@ -344,12 +392,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (cfg, token) = open_token(require_config(&cli.config)?)?;
             let (ca, log) = open_ca(&cfg, &token)?;
-            let actor = auditing::local_actor();
-            let outcome = ca.allow_reissue(serial).map_err(kms::Error::from);
+            let caller = Caller::local();
+            let outcome = PolicyState::load(&cfg)
+                .and_then(|p| {
+                    p.admit(
+                        &caller,
+                        &policies::Action::AllowReissue {
+                            module_serial: serial,
+                        },
+                    )
+                })
+                .and_then(|_| Ok(ca.allow_reissue(serial)?));
             let result = outcome.as_ref().map_or_else(kms::Error::code, |_| "ok");
             auditing::record(
                 &log,
-                &actor,
+                caller.name(),
                 "device.allow_reissue",
                 serial,
                 result,
@@ -373,6 +430,148 @@ fn open_ca(cfg: &Config, token: &Arc<Token>) -> anyhow::Result<(ca::Ca, audit::L
         eprintln!("restored {restored} certificate(s) from the audit log into the store");
     }
     Ok((ca, log))
+}
+
+fn policy_command(cfg_path: &Path, command: &PolicyCommand, as_json: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(cfg_path)?;
+    let client = admin::Client::new(&cfg.server.admin_socket);
+    let running = client.running();
+    // A named or configured file, read and checked the way kmsd reads it.
+    let from_file = |file: Option<&PathBuf>| -> anyhow::Result<policies::Policy> {
+        let profiles = ceremony::profiles(&cfg)?;
+        match file.or(cfg.policy.file.as_ref()) {
+            Some(path) => Ok(kms::policy::read(path, &profiles)?),
+            None => Ok(policies::Policy::empty()),
+        }
+    };
+    match command {
+        PolicyCommand::Show { file } => {
+            let view = match (file, running) {
+                (None, true) => admin_ok(client.call("GET", "/v1/admin/policy", None)?)?,
+                _ => admin::policy_view(&from_file(file.as_ref())?),
+            };
+            if as_json {
+                println!(
+                    "{}",
+                    json!({ "sha256": view["sha256"], "effective": view["effective"] })
+                );
+            } else {
+                print!("{}", view["text"].as_str().unwrap_or_default());
+            }
+        }
+        PolicyCommand::Check {
+            station,
+            serial,
+            key_type,
+            file,
+        } => {
+            let req = admin::CheckRequest {
+                station: station.clone(),
+                serial: serial.clone(),
+                key_type: key_type.clone(),
+            };
+            let out = match (file, running) {
+                (None, true) => admin_ok(client.call(
+                    "POST",
+                    "/v1/admin/policy/check",
+                    Some(&serde_json::to_value(&req)?),
+                )?)?,
+                _ => kms::policy::explain(
+                    &from_file(file.as_ref())?,
+                    &policies::Quotas::new(),
+                    &req,
+                    false,
+                ),
+            };
+            if as_json {
+                println!("{out}");
+            } else {
+                print_explanation(&out);
+            }
+        }
+        PolicyCommand::Reload => {
+            if !running {
+                // Nothing to put in force: validate, so the next start does not fail.
+                let policy = from_file(None)?;
+                println!(
+                    "policy {} is valid; kmsd is not running and loads it at start",
+                    policy.sha256()
+                );
+                return Ok(());
+            }
+            // kmsd validates and records the attempt, refused or not.
+            let reply = admin_ok(client.call("POST", "/v1/admin/policy/reload", None)?)?;
+            if as_json {
+                println!("{reply}");
+            } else {
+                println!(
+                    "policy {} in force",
+                    reply["sha256"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The body of a 2xx admin reply, or its error as a [`kms::Error`]-coded failure.
+fn admin_ok(reply: Reply) -> anyhow::Result<serde_json::Value> {
+    match reply {
+        Reply::Ok(v) => Ok(v),
+        Reply::Refused {
+            status,
+            code,
+            message,
+        } => Err(anyhow::anyhow!(RemoteError {
+            status,
+            code,
+            message
+        })),
+    }
+}
+
+/// An error kmsd answered, printed with its code like a local one.
+#[derive(Debug, thiserror::Error)]
+#[error("kmsd refused ({status}): {message}")]
+struct RemoteError {
+    status: u16,
+    code: String,
+    message: String,
+}
+
+fn print_explanation(out: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    println!(
+        "policy {} ({})",
+        text(&out["policy_sha256"]),
+        if out["quotas_live"] == true {
+            "quota usage live from kmsd"
+        } else {
+            "quota usage not counted: kmsd is not running"
+        }
+    );
+    for step in out["steps"].as_array().into_iter().flatten() {
+        let verdict = if step["ok"] == true {
+            "ok".to_owned()
+        } else {
+            format!("DENY {}", text(&step["code"]))
+        };
+        println!(
+            "  {:<10} {:<28} {}",
+            text(&step["rule"]),
+            verdict,
+            text(&step["text"])
+        );
+    }
+    if out["allowed"] == true {
+        println!("decision: allow");
+    } else {
+        println!(
+            "decision: deny ({}): {}",
+            text(&out["code"]),
+            text(&out["reason"])
+        );
+    }
 }
 
 fn audit_command(cfg_path: &Path, command: &AuditCommand, as_json: bool) -> anyhow::Result<()> {

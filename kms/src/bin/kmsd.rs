@@ -1,13 +1,16 @@
 //! `kmsd`: the vBus KMS appliance service.
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use kms::admin::{self, AdminState};
 use kms::config::Config;
 use kms::http::{publication_router, AppState};
 use kms::pin::load_pin;
+use kms::policy::{record_load, Caller, PolicyState};
 use kms::token::Token;
 
 /// vBus KMS appliance service.
@@ -50,12 +53,26 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }),
     )?;
     tracing::info!(records = audit.head().0, "audit log open");
+    // An invalid policy file stops the start: serving under a policy nobody
+    // wrote is worse than not serving.
+    let policy = match PolicyState::load(&cfg) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            record_load(&audit, "kmsd", cfg.policy.file.as_deref(), Err(&e))?;
+            return Err(e.into());
+        }
+    };
+    record_load(&audit, "kmsd", policy.file(), Ok(&policy.current()))?;
+    if policy.file().is_none() {
+        tracing::warn!("no policy.file configured: the empty policy denies every client");
+    }
+    tracing::info!(sha256 = policy.current().sha256(), "policy loaded");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let outcome = runtime.block_on(serve(cfg, token, audit.clone()));
+    let outcome = runtime.block_on(serve(cfg, token, audit.clone(), policy));
     // Whatever ended the service, say so in the log and seal it.
     let result = if outcome.is_ok() { "ok" } else { "error" };
     kms::auditing::record(
@@ -70,7 +87,12 @@ fn main() -> anyhow::Result<()> {
     outcome
 }
 
-async fn serve(cfg: Config, token: Arc<Token>, audit: Arc<audit::Log>) -> anyhow::Result<()> {
+async fn serve(
+    cfg: Config,
+    token: Arc<Token>,
+    audit: Arc<audit::Log>,
+    policy: Arc<PolicyState>,
+) -> anyhow::Result<()> {
     let every = std::time::Duration::from_secs(cfg.audit.checkpoint_seconds.max(1));
     let periodic = audit.clone();
     tokio::spawn(async move {
@@ -86,6 +108,11 @@ async fn serve(cfg: Config, token: Arc<Token>, audit: Arc<audit::Log>) -> anyhow
             }
         }
     });
+    tokio::spawn(reload_on_sighup(policy.clone(), audit.clone()));
+    let admin_state = AdminState {
+        policy,
+        audit: audit.clone(),
+    };
     let state = AppState { token, audit };
     let publication = tokio::net::TcpListener::bind(cfg.server.publication_listen)
         .await
@@ -96,12 +123,61 @@ async fn serve(cfg: Config, token: Arc<Token>, audit: Arc<audit::Log>) -> anyhow
             )
         })?;
     tracing::info!(addr = %cfg.server.publication_listen, "publication port listening");
-    axum::serve(publication, publication_router(state))
-        .with_graceful_shutdown(shutdown_signal())
+    let admin = admin::bind(&cfg.server.admin_socket)?;
+    tracing::info!(path = %cfg.server.admin_socket.display(), "admin socket listening");
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = stop.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    let admin_task = tokio::spawn(
+        axum::serve(
+            admin,
+            admin::router(admin_state).into_make_service_with_connect_info::<admin::PeerUid>(),
+        )
+        .with_graceful_shutdown(stopped(&stop))
+        .into_future(),
+    );
+    let publication_task = tokio::spawn(
+        axum::serve(publication, publication_router(state))
+            .with_graceful_shutdown(stopped(&stop))
+            .into_future(),
+    );
+    shutdown_signal().await;
+    let _ = stop.send(());
+    publication_task
         .await
+        .context("publication task")?
         .context("serving the publication port")?;
+    admin_task
+        .await
+        .context("admin task")?
+        .context("serving the admin socket")?;
+    let _ = std::fs::remove_file(&cfg.server.admin_socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: read the policy file again (as `kmsctl policy reload` does).
+async fn reload_on_sighup(policy: Arc<PolicyState>, audit: Arc<audit::Log>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload the policy with kmsctl policy reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let (policy, audit) = (policy.clone(), audit.clone());
+        let caller = Caller::Local("signal:SIGHUP".into());
+        match tokio::task::spawn_blocking(move || policy.reload(&audit, &caller)).await {
+            Ok(Ok(p)) => tracing::info!(sha256 = p.sha256(), "SIGHUP: policy reloaded"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "SIGHUP: policy refused; the running one stays")
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -9,10 +9,14 @@ use kms::pin::load_pin;
 use kms::token::Token;
 use softhsm_tests::SoftHsm;
 
-/// The config and open token of an appliance whose ceremony has run.
+/// The config and open token of an appliance whose ceremony has run, under
+/// the development policy (`station-01` may provision every module type).
 pub fn appliance(hsm: &SoftHsm) -> (Config, Arc<Token>) {
     hsm.export_env();
-    let cfg = Config::parse(&hsm.appliance_toml(""), Path::new("/")).unwrap();
+    let mut cfg = Config::parse(&hsm.appliance_toml(""), Path::new("/")).unwrap();
+    let policy = hsm.dir().join("policy.toml");
+    std::fs::write(&policy, kms::quickstart::DEV_POLICY).unwrap();
+    cfg.policy.file = Some(policy);
     let token = Arc::new(Token::open(&cfg.token, load_pin(&cfg.token).unwrap()).unwrap());
     kms::ceremony::init(
         &cfg,
