@@ -79,7 +79,12 @@ pub struct Log {
     /// Held (flock) for the life of the log.
     _lock: File,
     anchor: Option<Arc<dyn CheckpointAnchor>>,
+    /// Told how long each batch write + fdatasync took (metrics).
+    sync_observer: std::sync::OnceLock<SyncObserver>,
 }
+
+/// Receives the duration of each batch write and fdatasync.
+pub type SyncObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -343,6 +348,7 @@ impl Log {
             checkpoints: Mutex::new(checkpoints),
             _lock: lock,
             anchor,
+            sync_observer: std::sync::OnceLock::new(),
             opts,
         })
     }
@@ -399,10 +405,14 @@ impl Log {
                 let batch = std::mem::take(&mut st.pending);
                 let head = st.pending_head;
                 drop(st);
+                let started = std::time::Instant::now();
                 let result = {
                     let mut f = self.segment.lock().unwrap_or_else(|p| p.into_inner());
                     f.write_all(&batch).and_then(|_| f.sync_data())
                 };
+                if let Some(observe) = self.sync_observer.get() {
+                    observe(started.elapsed());
+                }
                 st = self.lock();
                 st.writing = false;
                 st.syncs += 1;
@@ -434,6 +444,12 @@ impl Log {
     pub fn stats(&self) -> (u64, u64) {
         let st = self.lock();
         (st.appends, st.syncs)
+    }
+
+    /// Call `observer` with the duration of every batch write and fdatasync
+    /// from now on (once per log; later calls are ignored).
+    pub fn observe_syncs(&self, observer: SyncObserver) {
+        let _ = self.sync_observer.set(observer);
     }
 
     /// The durable head: (records, hash).

@@ -279,6 +279,37 @@ pub fn client_params(
     p
 }
 
+/// Parameters of the appliance's own TLS server certificate (issued by the
+/// internal CA): CN = `name`, SAN = `dns` names and `ips`, KU
+/// digitalSignature, EKU serverAuth.
+pub fn server_params(
+    name: &str,
+    dns: &[String],
+    ips: &[std::net::IpAddr],
+    organization: &str,
+    basics: &Basics,
+) -> Result<CertificateParams> {
+    let mut p = basics.params();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::OrganizationName, organization);
+    p.distinguished_name
+        .push(DnType::OrganizationalUnitName, "server");
+    p.distinguished_name.push(DnType::CommonName, name);
+    for d in dns {
+        let ia5 = rcgen::string::Ia5String::try_from(d.as_str())
+            .map_err(|_| Error::Encoding(format!("DNS name {d:?} is not IA5")))?;
+        p.subject_alt_names.push(rcgen::SanType::DnsName(ia5));
+    }
+    p.subject_alt_names
+        .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
 /// What rcgen needs of an existing CA certificate to issue under it: its
 /// subject as a `DistinguishedName` and its subject key identifier.
 pub fn issuer_params(ca_der: &[u8]) -> Result<CertificateParams> {

@@ -74,6 +74,43 @@ pub fn check(
     serial: &ModuleSerial,
     uuid: &HwUuid,
 ) -> Result<CheckedCsr> {
+    let csr = parse_strict(input)?;
+    let key_type = classify_key(&csr)?;
+    if !profile.key_types.contains(&key_type) {
+        return Err(Error::KeyTypeNotAllowed {
+            found: key_type.as_str().into(),
+            profile: profile.name.clone(),
+            allowed: profile
+                .key_types
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    check_subject(&csr.info.subject, serial)?;
+    check_extensions(&csr, profile, serial, uuid)?;
+    possession(&csr, key_type)
+}
+
+/// A P-256 CSR whose signature proves possession of its key, nothing else
+/// checked: how a station or officer asks the internal CA for its mTLS
+/// credential (the subject comes from the officer, not from the CSR).
+pub fn check_client(input: &[u8]) -> Result<CheckedCsr> {
+    let csr = parse_strict(input)?;
+    let key_type = classify_key(&csr)?;
+    if key_type != KeyType::EcdsaP256 {
+        return Err(Error::KeyTypeNotAllowed {
+            found: key_type.as_str().into(),
+            profile: "client credential".into(),
+            allowed: KeyType::EcdsaP256.as_str().into(),
+        });
+    }
+    possession(&csr, key_type)
+}
+
+/// One CSR in strict DER, version 1.
+fn parse_strict(input: &[u8]) -> Result<CertReq> {
     let der = decode(input)?;
     let csr = CertReq::from_der(&der).map_err(|e| Error::CsrMalformed(e.to_string()))?;
     // Strict DER: what we parsed must re-encode to the very same bytes.
@@ -89,24 +126,12 @@ pub fn check(
     if csr.info.version != x509_cert::request::Version::V1 {
         return Err(Error::CsrMalformed("version is not v1 (0)".into()));
     }
+    Ok(csr)
+}
 
-    let key_type = classify_key(&csr)?;
-    if !profile.key_types.contains(&key_type) {
-        return Err(Error::KeyTypeNotAllowed {
-            found: key_type.as_str().into(),
-            profile: profile.name.clone(),
-            allowed: profile
-                .key_types
-                .iter()
-                .map(|k| k.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
-    check_signature_algorithm(&csr, key_type)?;
-    check_subject(&csr.info.subject, serial)?;
-    check_extensions(&csr, profile, serial, uuid)?;
-
+/// The signature algorithm fits the key and the signature verifies.
+fn possession(csr: &CertReq, key_type: KeyType) -> Result<CheckedCsr> {
+    check_signature_algorithm(csr, key_type)?;
     let info_der = csr
         .info
         .to_der()
@@ -117,7 +142,6 @@ pub fn check(
         .as_bytes()
         .ok_or_else(|| Error::CsrMalformed("signature BIT STRING has unused bits".into()))?;
     verify(key_type, &public_key_raw, &info_der, signature)?;
-
     Ok(CheckedCsr {
         key_type,
         spki_der: csr
@@ -257,7 +281,7 @@ fn verify(key: KeyType, public_key: &[u8], message: &[u8], signature: &[u8]) -> 
 }
 
 /// The text of a directory string in any of the usual encodings.
-pub(crate) fn directory_string(value: &der::Any) -> Option<String> {
+pub fn directory_string(value: &der::Any) -> Option<String> {
     value
         .decode_as::<Utf8StringRef<'_>>()
         .map(|s| s.as_str().to_owned())

@@ -74,6 +74,11 @@ pub struct IssueRequest<'a> {
     /// Validity the policy sets for this request, in days; the profile's
     /// when `None`. Never longer than the profile's.
     pub validity_days: Option<u32>,
+    /// Who asks (recorded with the certificate and the device).
+    pub requested_by: &'a str,
+    /// The policy lets this request certify a new key for an already
+    /// certified device without an officer's permission (EST re-enrolment).
+    pub new_key_allowed: bool,
 }
 
 /// An issued (or, for a repeated request, the stored) certificate.
@@ -201,7 +206,7 @@ impl Ca {
             if d.public_key_sha256 == key_hash {
                 return self.stored(&d.certificate);
             }
-            if !d.reissue_allowed {
+            if !d.reissue_allowed && !req.new_key_allowed {
                 return Err(Error::DeviceAlreadyCertified {
                     serial: d.module_serial.clone(),
                     certificate: d.certificate.clone(),
@@ -254,6 +259,7 @@ impl Ca {
                 not_before: rfc3339(not_before),
                 not_after: rfc3339(not_after),
                 der: base64::engine::general_purpose::STANDARD.encode(&der),
+                requested_by: req.requested_by.into(),
             };
             if self
                 .store
@@ -369,11 +375,13 @@ impl Ca {
             certificate: record.serial_number.clone(),
             certificates: Vec::new(),
             reissue_allowed: false,
+            station: record.requested_by.clone(),
         });
         device.public_key_sha256 = record.public_key_sha256.clone();
         device.certificate = record.serial_number.clone();
         device.certificates.push(record.serial_number.clone());
         device.reissue_allowed = false;
+        device.station = record.requested_by.clone();
 
         let mut writes = vec![
             Write::Insert {

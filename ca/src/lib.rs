@@ -13,6 +13,7 @@ mod build;
 mod check;
 mod csr;
 mod error;
+pub mod est;
 mod ident;
 mod issue;
 mod oids;
@@ -23,10 +24,13 @@ mod signer;
 pub mod testing;
 
 pub use build::{
-    ca_params, client_params, issuer_params, key_identifier, Basics, CaRole, HardwareModuleName,
-    SubjectKey, Urls,
+    ca_params, client_params, issuer_params, key_identifier, server_params, Basics, CaRole,
+    HardwareModuleName, SubjectKey, Urls,
 };
-pub use csr::{check as check_csr, key_type as csr_key_type, CheckedCsr, MAX_CSR_BYTES};
+pub use csr::{
+    check as check_csr, check_client as check_client_csr, directory_string,
+    key_type as csr_key_type, CheckedCsr, MAX_CSR_BYTES,
+};
 pub use error::{Error, Result};
 pub use ident::{HwUuid, ModuleSerial, ModuleType};
 pub use issue::{

@@ -23,6 +23,9 @@ pub struct CertificateRecord {
     pub not_after: String,
     /// The certificate, DER in standard base64.
     pub der: String,
+    /// Who asked for it (station or officer identity, `local:<user>`).
+    #[serde(default)]
+    pub requested_by: String,
 }
 
 /// A device and its certificates.
@@ -42,4 +45,7 @@ pub struct DeviceRecord {
     pub certificates: Vec<String>,
     /// An officer allowed one re-issue for a new key.
     pub reissue_allowed: bool,
+    /// Who asked for the current certificate (the station that provisions it).
+    #[serde(default)]
+    pub station: String,
 }

@@ -29,6 +29,8 @@ fn issued_certificate_is_exactly_the_profile() {
                 hw_uuid: &id,
                 csr: &csr(&device, CPU, &id),
                 validity_days: None,
+                requested_by: "local:test",
+                new_key_allowed: false,
             },
             &journal,
         )
@@ -127,9 +129,10 @@ fn issued_certificate_is_exactly_the_profile() {
     )
     .unwrap();
 
-    // Stored: certificate, device, UUID and key indexes.
+    // Stored: certificate, device, UUID and key indexes; nothing else.
     for tree in Tree::ALL {
-        assert_eq!(store.len(tree).unwrap(), 1, "{tree:?}");
+        let want = usize::from(!matches!(tree, Tree::Clients | Tree::Records));
+        assert_eq!(store.len(tree).unwrap(), want, "{tree:?}");
     }
     let rec = ca.certificate(&issued.serial_number).unwrap().unwrap();
     assert_eq!(rec.module_serial, CPU);
@@ -158,6 +161,8 @@ fn same_request_returns_the_same_certificate_and_a_new_key_needs_an_officer() {
                 hw_uuid: &id,
                 csr: c,
                 validity_days: None,
+                requested_by: "local:test",
+                new_key_allowed: false,
             },
             &journal,
         )
@@ -227,6 +232,8 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
                 hw_uuid: &uuid(),
                 csr: b"",
                 validity_days: None,
+                requested_by: "local:test",
+                new_key_allowed: false,
             },
             &journal
         )
@@ -244,6 +251,8 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
             hw_uuid: &taken_uuid,
             csr: &csr(&taken_key, "VBUS-CPU-2412-000100", &taken_uuid),
             validity_days: None,
+            requested_by: "local:test",
+            new_key_allowed: false,
         },
         &journal,
     )
@@ -573,6 +582,8 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
                     hw_uuid: hw,
                     csr,
                     validity_days: None,
+                    requested_by: "local:test",
+                    new_key_allowed: false,
                 },
                 &journal,
             )
@@ -601,6 +612,8 @@ fn refused_requests_each_have_their_code_and_change_nothing() {
                     hw_uuid: &comm_uuid,
                     csr: &fixture(name),
                     validity_days: None,
+                    requested_by: "local:test",
+                    new_key_allowed: false,
                 },
                 &journal,
             )
@@ -636,6 +649,8 @@ fn policy_validity_shortens_but_never_lengthens_the_profile() {
                     hw_uuid: &id,
                     csr: &csr(&SoftP256::generate(), &serial, &id),
                     validity_days: policy_days,
+                    requested_by: "local:test",
+                    new_key_allowed: false,
                 },
                 &ca::testing::MemoryJournal::default(),
             )

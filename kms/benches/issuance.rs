@@ -94,7 +94,10 @@ fn issuance(c: &mut Criterion) {
                                         hw_uuid: uuid,
                                         csr,
                                         validity_days: None,
+                                        requested_by: "local:test",
+                                        new_key_allowed: false,
                                     },
+                                    false,
                                 )
                                 .expect("issue");
                             }

@@ -18,27 +18,27 @@ use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
 
+use crate::appliance::Appliance;
+use crate::credentials::ClientRole;
 use crate::error::{io, Error, Result};
 use crate::http::error_response;
-use crate::policy::{Caller, PolicyState};
+use crate::policy::Caller;
 
 /// Header carrying the caller's name (`local:<user>`).
 pub const ACTOR_HEADER: &str = "x-kms-actor";
 
-/// What the admin handlers share.
+/// What the admin handler shares: the running appliance.
 #[derive(Clone)]
 pub struct AdminState {
-    /// The policy in force.
-    pub policy: Arc<PolicyState>,
-    /// The audit log.
-    pub audit: Arc<audit::Log>,
+    /// The appliance `kmsd` serves.
+    pub app: Arc<Appliance>,
 }
 
 /// The peer's uid, from `SO_PEERCRED`.
@@ -51,12 +51,143 @@ impl Connected<IncomingStream<'_, UnixListener>> for PeerUid {
     }
 }
 
-/// The admin router.
+/// One officer request, the same whether `kmsctl` sends it to a running
+/// `kmsd` or, with `kmsd` stopped, runs it on the appliance it opened.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The effective policy.
+    PolicyShow,
+    /// Read the policy file again.
+    PolicyReload,
+    /// Explain a station's issuance decision.
+    PolicyCheck(CheckRequest),
+    /// Issue a device certificate (`kmsctl cert issue`).
+    Issue {
+        /// Module serial.
+        serial: String,
+        /// Hardware UUID.
+        hw_uuid: String,
+        /// CSR, PEM (or base64 DER).
+        csr: String,
+    },
+    /// A device record.
+    Device {
+        /// Module serial.
+        serial: String,
+    },
+    /// Allow one re-issue for a new key.
+    AllowReissue {
+        /// Module serial.
+        serial: String,
+    },
+    /// Enrol a station or officer.
+    AddClient {
+        /// Identity (CN).
+        id: String,
+        /// Station or officer.
+        role: ClientRole,
+        /// The client's CSR (PEM); without it the appliance makes the key.
+        csr: Option<String>,
+        /// Module types a station may provision (updates the policy).
+        #[serde(default)]
+        modules: Vec<String>,
+        /// Policy roles of an officer (default `officer`).
+        #[serde(default)]
+        roles: Vec<String>,
+    },
+    /// Every client certificate.
+    Clients,
+    /// Revoke every certificate of a client.
+    RevokeClient {
+        /// Identity.
+        id: String,
+    },
+    /// Sign an audit checkpoint now.
+    Checkpoint,
+}
+
+/// Run `req` for `caller` on `app`: the one implementation of every admin
+/// verb.
+pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value> {
+    let json = |v: &dyn erased::Json| v.to_value();
+    Ok(match req {
+        Request::PolicyShow => policy_view(&app.policy.current()),
+        Request::PolicyReload => {
+            let p = app.policy.reload(&app.audit, caller)?;
+            json!({ "sha256": p.sha256() })
+        }
+        Request::PolicyCheck(c) => {
+            crate::policy::explain(&app.policy.current(), app.policy.quotas(), c, true)
+        }
+        Request::Issue {
+            serial,
+            hw_uuid,
+            csr,
+        } => {
+            let issued = app.issue(caller, serial, hw_uuid, csr.as_bytes(), false)?;
+            json(&issued)?
+        }
+        Request::Device { serial } => app.device(caller, serial)?,
+        Request::AllowReissue { serial } => {
+            app.allow_reissue(caller, serial)?;
+            json!({ "module_serial": serial, "reissue_allowed": true })
+        }
+        Request::AddClient {
+            id,
+            role,
+            csr,
+            modules,
+            roles,
+        } => {
+            let cred = app.add_client(
+                caller,
+                id,
+                *role,
+                csr.as_deref().map(str::as_bytes),
+                modules,
+                roles,
+            )?;
+            json!({
+                "client": cred.record,
+                "cert_pem": cred.cert_pem,
+                "key_pem": cred.key_pem.as_deref().map(|k| k.as_str()),
+                "ca_pem": cred.ca_pem,
+                "policy_sha256": app.policy.current().sha256(),
+            })
+        }
+        Request::Clients => json(&app.clients()?)?,
+        Request::RevokeClient { id } => {
+            let serials = app.revoke_client(caller, id)?;
+            json!({ "id": id, "revoked": serials })
+        }
+        Request::Checkpoint => {
+            let note = match app.audit.checkpoint()? {
+                Some(n) => n,
+                None => app.audit.latest_checkpoint()?.unwrap_or_default(),
+            };
+            json!({ "checkpoint": note })
+        }
+    })
+}
+
+mod erased {
+    /// Anything serialisable, as JSON.
+    pub trait Json {
+        fn to_value(&self) -> crate::Result<serde_json::Value>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_value(&self) -> crate::Result<serde_json::Value> {
+            serde_json::to_value(self).map_err(|_| crate::Error::Unreachable("answer to JSON"))
+        }
+    }
+}
+
+/// The admin router: one endpoint taking a [`Request`].
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/v1/admin/policy", get(policy_show))
-        .route("/v1/admin/policy/reload", post(policy_reload))
-        .route("/v1/admin/policy/check", post(policy_check))
+        .route("/v1/admin", post(handle))
         .with_state(state)
 }
 
@@ -78,13 +209,13 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-fn caller(headers: &HeaderMap, peer: PeerUid) -> (Caller, Value) {
+fn caller(headers: &HeaderMap) -> Caller {
     let claimed = headers
         .get(ACTOR_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.starts_with("local:") && v.len() <= 64 && !v.contains(char::is_control))
         .unwrap_or("local:unknown");
-    (Caller::Local(claimed.to_owned()), json!({ "uid": peer.0 }))
+    Caller::Local(claimed.to_owned())
 }
 
 /// The effective policy as JSON: hash, human text, machine view.
@@ -96,32 +227,27 @@ pub fn policy_view(policy: &policies::Policy) -> Value {
     })
 }
 
-async fn policy_show(State(st): State<AdminState>) -> Response {
-    Json(policy_view(&st.policy.current())).into_response()
-}
-
-async fn policy_reload(
+async fn handle(
     State(st): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<PeerUid>,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
-    let (who, _) = caller(&headers, peer);
-    tracing::info!(actor = who.name(), uid = ?peer.0, "policy reload requested");
-    let outcome = tokio::task::spawn_blocking(move || {
-        st.policy
-            .reload(&st.audit, &who)
-            .map(|p| p.sha256().to_owned())
-    })
-    .await;
-    match outcome {
-        Ok(Ok(sha256)) => Json(json!({ "sha256": sha256 })).into_response(),
+    let who = caller(&headers);
+    let req: Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&Error::MalformedRequest(format!("admin request: {e}"))),
+    };
+    tracing::info!(actor = who.name(), uid = ?peer.0, request = ?std::mem::discriminant(&req), "admin request");
+    match tokio::task::spawn_blocking(move || dispatch(&st.app, &who, &req)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => error_response(&e),
-        Err(_) => error_response(&Error::Unreachable("policy reload task panicked")),
+        Err(_) => error_response(&Error::Unreachable("admin task panicked")),
     }
 }
 
-/// Body of `POST /v1/admin/policy/check`.
-#[derive(Debug, Deserialize, Serialize)]
+/// Body of a policy check.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct CheckRequest {
     /// Station identity.
     pub station: String,
@@ -129,16 +255,6 @@ pub struct CheckRequest {
     pub serial: String,
     /// Key type of the CSR the station would send.
     pub key_type: String,
-}
-
-async fn policy_check(State(st): State<AdminState>, Json(req): Json<CheckRequest>) -> Response {
-    Json(crate::policy::explain(
-        &st.policy.current(),
-        st.policy.quotas(),
-        &req,
-        true,
-    ))
-    .into_response()
 }
 
 /// A client of the admin socket (used by `kmsctl`).
@@ -173,7 +289,14 @@ impl<'a> Client<'a> {
         UnixStream::connect(self.path).is_ok()
     }
 
-    /// One request, `Connection: close`.
+    /// Send one admin request.
+    pub fn send(&self, req: &Request) -> Result<Reply> {
+        let body =
+            serde_json::to_value(req).map_err(|_| Error::Unreachable("admin request to JSON"))?;
+        self.call("POST", "/v1/admin", Some(&body))
+    }
+
+    /// One HTTP request, `Connection: close`.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Reply> {
         let sock = self.path;
         let mut stream = UnixStream::connect(sock).map_err(io(sock))?;

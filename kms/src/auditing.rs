@@ -122,12 +122,17 @@ pub fn record(
 /// are journaled before they are stored; repeats and refusals get a record
 /// of their own. If the refusal cannot be recorded either, the caller hears
 /// `audit_unavailable`.
+///
+/// `reenroll` is a station renewing an already certified device with a new
+/// key (EST `simplereenroll`): the policy's `Reenroll` decision stands in for
+/// an officer's re-issue permission, and the device must exist.
 pub fn issue(
     ca: &ca::Ca,
     log: &Log,
     policy: &PolicyState,
     caller: &Caller,
     req: &ca::IssueRequest<'_>,
+    reenroll: bool,
 ) -> Result<ca::Issued> {
     let actor = caller.name();
     let subject: String = req.module_serial.chars().take(64).collect();
@@ -143,13 +148,23 @@ pub fn issue(
         Err(e)
     };
     let admitted = match ca::csr_key_type(req.csr) {
-        Ok(key_type) => policy.admit(
-            caller,
-            &Action::IssueDevice {
-                module_serial: req.module_serial,
-                key_type: key_type.as_str(),
-            },
-        ),
+        Ok(key_type) => {
+            let (module_serial, key_type) = (req.module_serial, key_type.as_str());
+            policy.admit(
+                caller,
+                &if reenroll {
+                    Action::Reenroll {
+                        module_serial,
+                        key_type,
+                    }
+                } else {
+                    Action::IssueDevice {
+                        module_serial,
+                        key_type,
+                    }
+                },
+            )
+        }
         // No key type to decide on: the station rules still speak first,
         // then the CSR's own error.
         Err(csr_error) => policy
@@ -165,8 +180,13 @@ pub fn issue(
         Ok(a) => a,
         Err(e) => return refuse(e),
     };
+    if reenroll && ca.device(req.module_serial)?.is_none() {
+        return refuse(ca::Error::DeviceNotFound(subject.clone()).into());
+    }
     let req = ca::IssueRequest {
         validity_days: admission.terms.validity_days,
+        requested_by: actor,
+        new_key_allowed: reenroll,
         ..*req
     };
     match ca.issue(&req, &AuditJournal { log, actor }) {
@@ -191,57 +211,102 @@ pub fn issue(
     }
 }
 
+/// What a replay of the log did.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Certificates re-applied to the store.
+    pub restored: u64,
+    /// Re-issue permissions re-applied (rebuild only).
+    pub granted: u64,
+    /// Client credential records re-applied (rebuild only).
+    pub clients: u64,
+    /// Provisioning records re-applied (rebuild only).
+    pub records: u64,
+    /// New certificates issued at or after the `since` time: (actor, unix
+    /// seconds), for the station quotas.
+    pub issued_since: Vec<(String, i64)>,
+}
+
 /// Re-apply issuance records whose certificate is missing from the store
-/// (a crash after the record was durable and before the store commit).
-/// Returns how many were restored.
-pub fn reconcile(cfg: &Config, ca: &ca::Ca) -> Result<u64> {
-    Ok(replay(cfg, ca, false)?.0)
+/// (a crash after the record was durable and before the store commit), and
+/// list the issuances since `since` (unix seconds).
+pub fn reconcile(
+    cfg: &Config,
+    ca: &ca::Ca,
+    store: &dyn store::Store,
+    since: i64,
+) -> Result<Replay> {
+    replay(cfg, ca, store, false, since)
 }
 
 /// Rebuild an empty store from the log (`kmsctl store rebuild`): every
-/// certificate and device, and re-issue permissions granted after a
-/// device's last certificate. Returns (certificates, permissions).
-pub fn rebuild(cfg: &Config, ca: &ca::Ca) -> Result<(u64, u64)> {
-    replay(cfg, ca, true)
+/// certificate and device, re-issue permissions granted after a device's
+/// last certificate, client credentials and their revocations, and
+/// provisioning records.
+pub fn rebuild(cfg: &Config, ca: &ca::Ca, store: &dyn store::Store) -> Result<Replay> {
+    replay(cfg, ca, store, true, i64::MAX)
 }
 
 /// Operation name of an officer's re-issue permission.
 pub const ALLOW_REISSUE_OP: &str = "device.allow_reissue";
 
-fn replay(cfg: &Config, ca: &ca::Ca, permissions: bool) -> Result<(u64, u64)> {
-    let (mut restored, mut granted) = (0, 0);
+fn replay(
+    cfg: &Config,
+    ca: &ca::Ca,
+    store: &dyn store::Store,
+    full: bool,
+    since: i64,
+) -> Result<Replay> {
+    use crate::appliance::RECORD_OP;
+    use crate::credentials::{ISSUE_OP as CRED_ISSUE, REVOKE_OP as CRED_REVOKE};
+    let mut out = Replay::default();
+    let full_ops = [ALLOW_REISSUE_OP, CRED_ISSUE, CRED_REVOKE, RECORD_OP];
     audit::for_each_record(&cfg.audit.dir, |_, body| {
-        // Cheap filter before parsing: most records are neither.
+        // Cheap filter before parsing: most records are none of these.
         let mentions = |op: &str| body.windows(op.len()).any(|w| w == op.as_bytes());
-        let wanted = mentions(ISSUE_OP) || (permissions && mentions(ALLOW_REISSUE_OP));
+        let wanted = mentions(ISSUE_OP) || (full && full_ops.iter().any(|op| mentions(op)));
         if !wanted {
             return Ok(());
         }
         let Ok(r) = serde_json::from_slice::<audit::Record>(body) else {
             return Ok(());
         };
-        let failed =
-            |e: ca::Error| audit::Error::Encoding(format!("replaying record {}: {e}", r.seq));
         if r.result != "ok" {
             return Ok(());
         }
-        if permissions && r.op == ALLOW_REISSUE_OP {
-            ca.allow_reissue(&r.subject).map_err(failed)?;
-            granted += 1;
-            return Ok(());
-        }
-        if r.op != ISSUE_OP || r.details["new"] != true {
-            return Ok(());
-        }
-        let Ok(cert) =
-            serde_json::from_value::<ca::CertificateRecord>(r.details["certificate"].clone())
-        else {
-            return Ok(());
-        };
-        if ca.restore(&cert).map_err(failed)? {
-            restored += 1;
+        let failed = |e: Error| audit::Error::Encoding(format!("replaying record {}: {e}", r.seq));
+        match r.op.as_str() {
+            ISSUE_OP if r.details["new"] == true => {
+                let Ok(cert) = serde_json::from_value::<ca::CertificateRecord>(
+                    r.details["certificate"].clone(),
+                ) else {
+                    return Ok(());
+                };
+                if ca.restore(&cert).map_err(|e| failed(e.into()))? {
+                    out.restored += 1;
+                }
+                let at = i64::try_from(r.time_ms / 1000).unwrap_or(i64::MAX);
+                if at >= since {
+                    out.issued_since.push((r.actor.clone(), at));
+                }
+            }
+            ALLOW_REISSUE_OP if full => {
+                ca.allow_reissue(&r.subject).map_err(|e| failed(e.into()))?;
+                out.granted += 1;
+            }
+            CRED_ISSUE | CRED_REVOKE if full => {
+                let changed =
+                    crate::credentials::restore(store, &r.op, &r.details).map_err(failed)?;
+                out.clients += u64::from(changed);
+            }
+            RECORD_OP if full => {
+                crate::appliance::append_record(store, &r.subject, r.details["entry"].clone())
+                    .map_err(failed)?;
+                out.records += 1;
+            }
+            _ => {}
         }
         Ok(())
     })?;
-    Ok((restored, granted))
+    Ok(out)
 }

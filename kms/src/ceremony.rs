@@ -14,21 +14,21 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ca::{Basics, CaRole, RcgenSigner, Signer as _, SubjectKey};
+use ca::{CaRole, RcgenSigner, Signer as _, SubjectKey};
 use der::pem::LineEnding;
 use sha2::{Digest, Sha256};
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::config::Config;
+use crate::credentials::{self, basics, ClientRole, NewClient};
 use crate::error::{io, Error, Result};
+use crate::storage::SledStore;
 use crate::token::{KeyClass, KeyPairKind, Token, TokenRandom, TokenSigner};
 
 /// Root CA lifetime.
 pub const ROOT_DAYS: i64 = 7305;
 /// Manufacturing intermediate and internal CA lifetime.
 pub const CA_DAYS: i64 = 3652;
-/// Officer and station credential lifetime.
-pub const CLIENT_DAYS: i64 = 730;
 
 /// The CA certificate files under `ca.dir`.
 #[derive(Clone, Debug)]
@@ -120,19 +120,7 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .map_err(io(path))
 }
 
-fn basics(token: &Token, public_raw: &[u8], days: i64) -> Result<Basics> {
-    let now = OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .map_err(|_| Error::Unreachable("time"))?;
-    Ok(Basics {
-        serial: token.random(ca::SERIAL_BYTES)?,
-        not_before: now - ca::BACKDATE,
-        not_after: now + Duration::days(days),
-        subject_key_id: ca::key_identifier(public_raw),
-    })
-}
-
-fn rcgen_err(signer: &RcgenSigner<'_, TokenSigner>, e: rcgen::Error) -> Error {
+pub(crate) fn rcgen_err(signer: &RcgenSigner<'_, TokenSigner>, e: rcgen::Error) -> Error {
     match signer.take_error() {
         Some(inner) => Error::Ca(inner),
         None => Error::Ca(ca::Error::Encoding(e.to_string())),
@@ -181,7 +169,7 @@ pub fn init(
             )));
         }
     }
-    check_id(officer_id)?;
+    credentials::check_id(officer_id)?;
     if officer_dir.exists() {
         return Err(Error::AlreadyInitialized(format!(
             "{} exists",
@@ -265,82 +253,25 @@ pub fn init(
             "audit_key": audit::note::verifier_key(&cfg.audit.origin, &token_audit_public(cfg, token)?),
         }),
     )?;
-    issue_client(cfg, token, &log, actor, officer_id, "officer", officer_dir)?;
+    let store = SledStore::open(&cfg.storage.path)?;
+    let officer = credentials::issue_client(
+        cfg,
+        token,
+        &log,
+        &store,
+        actor,
+        &NewClient {
+            id: officer_id,
+            role: ClientRole::Officer,
+            csr: None,
+        },
+    )?;
+    credentials::write_dir(&officer, officer_dir)?;
     log.checkpoint()?;
     Ok(InitReport {
         cas,
         officer_dir: officer_dir.to_owned(),
     })
-}
-
-fn check_id(id: &str) -> Result<()> {
-    if !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-    {
-        Ok(())
-    } else {
-        Err(Error::InvalidInput(format!(
-            "identity {id:?} must be 1 to 64 characters of A-Z a-z 0-9 - . _"
-        )))
-    }
-}
-
-/// An officer or station mTLS credential signed by the internal CA:
-/// `dir/cert.pem`, `dir/key.pem` (0600) and `dir/ca.pem` (the internal CA).
-pub fn issue_client(
-    cfg: &Config,
-    token: &Arc<Token>,
-    log: &audit::Log,
-    actor: &str,
-    id: &str,
-    role: &str,
-    dir: &Path,
-) -> Result<()> {
-    check_id(id)?;
-    let internal_der = read_cert(&CaFiles::of(cfg).internal)?;
-    let secret = p256::SecretKey::random(&mut rand_core::OsRng);
-    let public_raw = secret.public_key().to_sec1_bytes().to_vec();
-    let params = ca::client_params(
-        id,
-        role,
-        &cfg.ca.organization,
-        &basics(token, &public_raw, CLIENT_DAYS)?,
-    );
-    let internal_key = TokenSigner::new(token.clone(), &cfg.ca.internal_key)?;
-    let signer = RcgenSigner::new(&internal_key);
-    let issuer_params = ca::issuer_params(&internal_der)?;
-    let issuer = rcgen::Issuer::from_params(&issuer_params, &signer);
-    let cert = params
-        .signed_by(
-            &SubjectKey::for_signer(ca::SignatureAlgorithm::EcdsaP256Sha256, public_raw),
-            &issuer,
-        )
-        .map_err(|e| rcgen_err(&signer, e))?;
-    let key_pem = {
-        use p256::pkcs8::EncodePrivateKey;
-        secret
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|_| Error::Unreachable("PKCS#8 encoding"))?
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir))?;
-    write_new(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
-    write_new(&dir.join("cert.pem"), pem(cert.der())?.as_bytes(), 0o644)?;
-    write_new(&dir.join("ca.pem"), pem(&internal_der)?.as_bytes(), 0o644)?;
-    crate::auditing::record(
-        log,
-        actor,
-        "credential.issue",
-        id,
-        "ok",
-        serde_json::json!({ "role": role, "sha256": hex::encode(Sha256::digest(cert.der())) }),
-    )
 }
 
 fn token_audit_public(cfg: &Config, token: &Arc<Token>) -> Result<[u8; 32]> {

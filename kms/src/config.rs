@@ -184,6 +184,33 @@ pub struct ServerConfig {
     /// appliance reaches a running `kmsd`.
     #[serde(default = "defaults::admin_socket")]
     pub admin_socket: PathBuf,
+    /// DNS names of the API in the server certificate (loopback and the
+    /// `api_listen` address are added as IP names).
+    #[serde(default = "defaults::server_names")]
+    pub names: Vec<String>,
+    /// Token label of the TLS server key (made at first start).
+    #[serde(default = "defaults::tls_key")]
+    pub tls_key: String,
+    /// Most connections served at once on the API port; more wait in the
+    /// kernel's backlog.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Largest request body, bytes.
+    #[serde(default = "defaults::body_limit")]
+    pub body_limit: usize,
+    /// Longest TLS handshake, ms.
+    #[serde(default = "defaults::handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Longest wait for a request's headers (and between keep-alive
+    /// requests), ms.
+    #[serde(default = "defaults::header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Longest a request may take, body and answer included, ms.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// At shutdown, how long in-flight requests may finish, ms.
+    #[serde(default = "defaults::shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -192,6 +219,14 @@ impl Default for ServerConfig {
             api_listen: defaults::api_listen(),
             publication_listen: defaults::publication_listen(),
             admin_socket: defaults::admin_socket(),
+            names: defaults::server_names(),
+            tls_key: defaults::tls_key(),
+            max_connections: defaults::max_connections(),
+            body_limit: defaults::body_limit(),
+            handshake_timeout_ms: defaults::handshake_timeout_ms(),
+            header_timeout_ms: defaults::header_timeout_ms(),
+            request_timeout_ms: defaults::request_timeout_ms(),
+            shutdown_grace_ms: defaults::shutdown_grace_ms(),
         }
     }
 }
@@ -257,6 +292,30 @@ mod defaults {
     }
     pub fn admin_socket() -> PathBuf {
         "admin.sock".into()
+    }
+    pub fn server_names() -> Vec<String> {
+        vec!["localhost".into()]
+    }
+    pub fn tls_key() -> String {
+        "tls-server".into()
+    }
+    pub fn max_connections() -> usize {
+        1024
+    }
+    pub fn body_limit() -> usize {
+        64 * 1024
+    }
+    pub fn handshake_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn header_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn request_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn shutdown_grace_ms() -> u64 {
+        10_000
     }
 }
 

@@ -212,6 +212,36 @@ pub enum Error {
     #[error("{0}")]
     Denied(policies::Denial),
 
+    /// The request is not what the endpoint takes (JSON, fields, sizes).
+    #[error("malformed request: {0}")]
+    MalformedRequest(String),
+
+    /// The request body is over the limit.
+    #[error("request body over {limit} bytes")]
+    BodyTooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+
+    /// The request took longer than allowed (a slow client).
+    #[error("request not complete within {waited_ms} ms")]
+    RequestTimeout {
+        /// The limit.
+        waited_ms: u64,
+    },
+
+    /// No such endpoint.
+    #[error("no endpoint {0}")]
+    NotFound(String),
+
+    /// The endpoint exists but not with this method.
+    #[error("method {0} not allowed here")]
+    MethodNotAllowed(String),
+
+    /// The body's content type is not one the endpoint takes.
+    #[error("content type {0:?} not supported here")]
+    UnsupportedMediaType(String),
+
     /// A broken internal invariant; a bug, reported instead of panicking.
     #[error("internal error: {0}")]
     Unreachable(&'static str),
@@ -252,6 +282,12 @@ impl Error {
             Error::AlreadyInitialized(_) => "already_initialized",
             Error::NotInitialized(_) => "not_initialized",
             Error::Policy { .. } => "policy_invalid",
+            Error::MalformedRequest(_) => "malformed_request",
+            Error::BodyTooLarge { .. } => "body_too_large",
+            Error::RequestTimeout { .. } => "request_timeout",
+            Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::Denied(d) => d.code.as_str(),
             Error::Unreachable(_) => "internal_error",
         }
@@ -279,7 +315,12 @@ impl Error {
             Error::Audit(_) => 503,
             Error::AlreadyInitialized(_) => 409,
             Error::NotInitialized(_) => 503,
-            Error::Policy { .. } => 400,
+            Error::Policy { .. } | Error::MalformedRequest(_) => 400,
+            Error::BodyTooLarge { .. } => 413,
+            Error::RequestTimeout { .. } => 408,
+            Error::NotFound(_) => 404,
+            Error::MethodNotAllowed(_) => 405,
+            Error::UnsupportedMediaType(_) => 415,
             Error::Denied(d) => match d.code {
                 policies::Code::QuotaExceeded => 429,
                 policies::Code::MalformedSerial => 400,

@@ -8,14 +8,19 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
+pub mod appliance;
 pub mod auditing;
 pub mod ceremony;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod pin;
 pub mod policy;
 pub mod quickstart;
+pub mod server;
 pub mod storage;
 pub mod token;
 

@@ -119,6 +119,98 @@ impl PolicyState {
         }
     }
 
+    /// The policy text after enrolling `id`: its roles in `[identities]`
+    /// (`station`, or the officer's `roles`, `officer` by default) and, for
+    /// a station, `modules` in its `[stations]` rule (other keys of an
+    /// existing rule kept). Validated like a reload; `None` when nothing
+    /// changes (a station without modules: denied until an officer writes
+    /// its rule).
+    pub fn with_client(
+        &self,
+        id: &str,
+        role: crate::credentials::ClientRole,
+        modules: &[String],
+        roles: &[String],
+    ) -> Result<Option<String>> {
+        use crate::credentials::ClientRole;
+        use toml_edit::{value, Array, DocumentMut, Item, Table};
+        if role == ClientRole::Station && modules.is_empty() {
+            return Ok(None);
+        }
+        let Some(path) = &self.file else {
+            return Err(Error::InvalidInput(
+                "no policy.file is configured: set it in kmsd.toml to enrol clients with rights"
+                    .into(),
+            ));
+        };
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let mut doc: DocumentMut =
+            text.parse()
+                .map_err(|e: toml_edit::TomlError| Error::Policy {
+                    path: path.clone(),
+                    line: 1,
+                    column: 1,
+                    reason: e.to_string(),
+                })?;
+        let names: Vec<String> = match role {
+            ClientRole::Station => vec!["station".into()],
+            ClientRole::Officer if roles.is_empty() => vec!["officer".into()],
+            ClientRole::Officer => roles.to_vec(),
+        };
+        let table = |doc: &mut DocumentMut, key: &str| -> Result<()> {
+            let item = doc.entry(key).or_insert(Item::Table(Table::new()));
+            if item.is_table() {
+                Ok(())
+            } else {
+                Err(Error::InvalidInput(format!(
+                    "{}: `{key}` is not a table; edit the policy by hand",
+                    path.display()
+                )))
+            }
+        };
+        table(&mut doc, "identities")?;
+        doc["identities"][id] = value(Array::from_iter(names));
+        if role == ClientRole::Station {
+            table(&mut doc, "stations")?;
+            if let Some(stations) = doc["stations"].as_table_mut() {
+                stations.set_implicit(true);
+                let rule = stations.entry(id).or_insert_with(|| {
+                    // A new rule goes at the end of the file, after any
+                    // comments that belong to the rule before it.
+                    let mut t = Table::new();
+                    t.set_position(usize::MAX / 2);
+                    Item::Table(t)
+                });
+                rule["modules"] = value(Array::from_iter(modules.iter().map(String::as_str)));
+            }
+        }
+        let new = doc.to_string();
+        // Refuse here, before anything is issued, what a reload would refuse.
+        check_text(path, &new, &self.profiles)?;
+        Ok(Some(new))
+    }
+
+    /// Write `text` as the policy file (atomically) and put it in force.
+    pub fn replace(&self, text: &str, log: &audit::Log, caller: &Caller) -> Result<Arc<Policy>> {
+        let Some(path) = &self.file else {
+            return Err(Error::InvalidInput("no policy.file is configured".into()));
+        };
+        crate::credentials::replace_file(path, text.as_bytes())?;
+        self.reload(log, caller)
+    }
+
+    /// Decide an action that counts against no quota (reads, records,
+    /// officer actions); the denial is an [`Error::Denied`].
+    pub fn check(&self, caller: &Caller, action: &policies::Action<'_>) -> Result<()> {
+        match self
+            .current()
+            .decide(&caller.actor(), action, &self.quotas, now())
+        {
+            policies::Decision::Allow(_) => Ok(()),
+            policies::Decision::Deny(d) => Err(Error::Denied(d)),
+        }
+    }
+
     /// Decide `action` for `caller` now, reserving a quota slot when the
     /// action counts against one. The denial is an [`Error::Denied`].
     pub fn admit(
@@ -142,6 +234,11 @@ pub fn now() -> i64 {
 /// accept, a validity longer than the profile's).
 pub fn read(path: &Path, profiles: &ca::Profiles) -> Result<Policy> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
+    check_text(path, &text, profiles)
+}
+
+/// Validate `text` as the policy file `path` would be.
+fn check_text(path: &Path, text: &str, profiles: &ca::Profiles) -> Result<Policy> {
     let caps = policies::ProfileCaps(
         ca::ModuleType::ALL
             .into_iter()
@@ -155,7 +252,7 @@ pub fn read(path: &Path, profiles: &ca::Profiles) -> Result<Policy> {
             })
             .collect(),
     );
-    Policy::parse_within(&text, &caps).map_err(|e| Error::Policy {
+    Policy::parse_within(text, &caps).map_err(|e| Error::Policy {
         path: path.to_owned(),
         line: e.line,
         column: e.column,

@@ -75,7 +75,20 @@ pub fn run(dir: &Path, opts: &Options) -> Result<Outcome> {
     let station = dir.join("stations").join(STATION_ID);
     if !station.exists() {
         let log = crate::auditing::open(&cfg, &token)?;
-        ceremony::issue_client(&cfg, &token, &log, &actor, STATION_ID, "station", &station)?;
+        let store = crate::storage::SledStore::open(&cfg.storage.path)?;
+        let cred = crate::credentials::issue_client(
+            &cfg,
+            &token,
+            &log,
+            &store,
+            &actor,
+            &crate::credentials::NewClient {
+                id: STATION_ID,
+                role: crate::credentials::ClientRole::Station,
+                csr: None,
+            },
+        )?;
+        crate::credentials::write_dir(&cred, &station)?;
         log.checkpoint()?;
         created = true;
     }

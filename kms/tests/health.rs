@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kms::config::Config;
-use kms::http::{publication_router, AppState};
+use kms::http::health_router;
 use kms::pin::load_pin;
 use kms::token::{KeyPairKind, Token};
 use softhsm_tests::SoftHsm;
@@ -48,13 +48,7 @@ fn healthz_is_200_with_label_and_key_count_503_while_the_token_is_gone_and_200_a
         ))))
         .unwrap();
     let url = format!("http://{}/healthz", listener.local_addr().unwrap());
-    let audit = std::sync::Arc::new(
-        audit::Log::open(&hsm.dir().join("audit"), audit::Options::default(), None).unwrap(),
-    );
-    let router = publication_router(AppState {
-        token: token.clone(),
-        audit,
-    });
+    let router = health_router(token.clone());
     rt.spawn(async move { axum::serve(listener, router).await });
 
     assert_eq!(

@@ -47,7 +47,10 @@ fn ten_thousand_issuances_have_distinct_positive_sixteen_byte_serials() {
                                     hw_uuid: &uuid(i),
                                     csr: &ca::testing::device_csr(&serial),
                                     validity_days: None,
+                                    requested_by: "local:test",
+                                    new_key_allowed: false,
                                 },
+                                false,
                             )
                             .unwrap();
                             assert!(issued.newly_issued);

@@ -220,12 +220,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `kmsctl quickstart DIR` with the publication port on `port`.
+/// `kmsctl quickstart DIR` with the publication port on `port` and the API
+/// on a free port.
 pub fn quickstart(dir: &Path, port: u16) -> Output {
     run(Command::new(bin("kmsctl"))
         .arg("quickstart")
         .arg(dir)
-        .args(["--pub", &format!("127.0.0.1:{port}")]))
+        .args(["--pub", &format!("127.0.0.1:{port}")])
+        .args(["--api", &format!("127.0.0.1:{}", free_port())]))
 }
 
 /// `kmsctl --config DIR/kmsd.toml ARGS…`.
@@ -264,11 +266,18 @@ impl Service {
     /// Start `kmsd --config DIR/kmsd.toml` and wait until `/healthz` on
     /// `port` answers 200.
     pub fn start(dir: &Path, port: u16) -> Self {
+        // Its log goes to DIR/kmsd.log: a pipe nobody reads would fill up
+        // and stop the service.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("kmsd.log"))
+            .unwrap();
         let child = Command::new(bin("kmsd"))
             .arg("--config")
             .arg(dir.join("kmsd.toml"))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            .stderr(log)
             .spawn()
             .unwrap();
         let service = Service(child);
@@ -319,4 +328,171 @@ pub fn kmsctl_issue(dir: &Path, csr: &Path, serial: &str, uuid: &str, extra: &[&
     ];
     args.extend_from_slice(extra);
     kmsctl(dir, &args)
+}
+
+/// A quickstart appliance in a temporary directory with `kmsd` running on
+/// free ports, and curl/openssl helpers for its API.
+pub struct Running {
+    /// Keeps the directory alive.
+    pub tmp: tempfile::TempDir,
+    /// The quickstart directory.
+    pub dir: PathBuf,
+    /// API port (mTLS).
+    pub api: u16,
+    /// Publication port.
+    pub publication: u16,
+    /// The service.
+    pub service: Option<Service>,
+}
+
+impl Running {
+    /// Quickstart, then `edit` the files (config, policy) before `kmsd`
+    /// starts.
+    pub fn start_with(edit: impl FnOnce(&Path)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("appliance");
+        let (api, publication) = (free_port(), free_port());
+        let out = run(Command::new(bin("kmsctl"))
+            .arg("quickstart")
+            .arg(&dir)
+            .args(["--api", &format!("127.0.0.1:{api}")])
+            .args(["--pub", &format!("127.0.0.1:{publication}")]));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        edit(&dir);
+        let service = Service::start(&dir, publication);
+        Running {
+            tmp,
+            dir,
+            api,
+            publication,
+            service: Some(service),
+        }
+    }
+
+    /// Quickstart and start.
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Stop `kmsd` (SIGTERM); its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.service.take().expect("running").stop()
+    }
+
+    /// Start `kmsd` again.
+    pub fn restart(&mut self) {
+        assert!(self.service.is_none(), "stop it first");
+        self.service = Some(Service::start(&self.dir, self.publication));
+    }
+
+    /// The credential directory of station or officer `who`
+    /// (`stations/station-01`, `officer`).
+    pub fn credential(&self, who: &str) -> PathBuf {
+        self.dir.join(who)
+    }
+
+    /// `https://127.0.0.1:<api><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.api)
+    }
+
+    /// curl against the API with the credential in `cred` (None: no client
+    /// certificate); `args` are extra curl arguments. (status, body); status
+    /// 0 when the TLS handshake or connection failed.
+    pub fn curl(&self, cred: Option<&str>, path: &str, args: &[&str]) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-w", "\n%{http_code}", "--max-time", "30"]);
+        let ca = self.dir.join("stations/station-01/ca.pem");
+        cmd.arg("--cacert").arg(&ca);
+        if let Some(c) = cred {
+            let d = self.credential(c);
+            cmd.arg("--cert").arg(d.join("cert.pem"));
+            cmd.arg("--key").arg(d.join("key.pem"));
+        }
+        cmd.args(args).arg(self.url(path));
+        let out = run(&mut cmd);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (status.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// `kmsctl --config DIR/kmsd.toml ARGS…`.
+    pub fn kmsctl(&self, args: &[&str]) -> Output {
+        kmsctl(&self.dir, args)
+    }
+
+    /// Plain GET on the publication port; (status, body).
+    pub fn publication(&self, path: &str) -> (u16, String) {
+        curl(&format!("http://127.0.0.1:{}{path}", self.publication))
+    }
+}
+
+/// A device CSR as EST clients make it: subject serialNumber and CN the
+/// module serial, SAN `URI:urn:uuid:<uuid>`; P-256 key made by openssl.
+/// Returns (PEM path, DER path).
+pub fn device_csr(dir: &Path, serial: &str, uuid: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{serial}.key"));
+    let pem = dir.join(format!("{serial}.csr"));
+    let der = dir.join(format!("{serial}.der"));
+    let out = run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+        ])
+        .arg(&key)
+        .args(["-subj", &format!("/serialNumber={serial}/CN={serial}")])
+        .args(["-addext", &format!("subjectAltName=URI:urn:uuid:{uuid}")])
+        .arg("-out")
+        .arg(&pem));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(Command::new("openssl")
+        .args(["req", "-in"])
+        .arg(&pem)
+        .args(["-outform", "DER", "-out"])
+        .arg(&der));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pem, der)
+}
+
+/// The JSON body of `POST /v1/devices/{serial}/certificate`.
+pub fn issue_body(csr_pem: &Path, uuid: &str) -> String {
+    format!(
+        "{{\"csr\":{},\"hw_uuid\":\"{uuid}\"}}",
+        json_string(&fs::read_to_string(csr_pem).unwrap())
+    )
+}
+
+/// `s` as a JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

@@ -274,7 +274,8 @@ fn repeats_refusals_and_reissue_through_the_cli() {
     );
     assert_eq!(
         String::from_utf8_lossy(&rebuilt.stdout).trim(),
-        "store rebuilt from the audit log: 2 certificate(s), 1 re-issue permission(s)"
+        "store rebuilt from the audit log: 2 certificate(s), 1 re-issue permission(s), \
+         2 client credential record(s), 0 provisioning record(s)"
     );
     let again = json(&a.issue(&second_csr, serial, uuid));
     assert_eq!(

@@ -174,7 +174,7 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
         wait_for(&url),
         (
             200,
-            r#"{"status":"ok","token":{"keys":4,"label":"vbus-kms"}}"#.to_owned()
+            r#"{"status":"ok","token":{"keys":5,"label":"vbus-kms"}}"#.to_owned()
         )
     );
     assert_eq!(
@@ -182,11 +182,21 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
         404
     );
 
-    // kmsd holds the audit log: a second writer is refused, not interleaved.
+    // kmsd holds the audit log: officer verbs go through it (admin socket),
+    // and a verb that needs the files to itself is refused, not interleaved.
     let out = run(Command::new(bin("kmsctl"))
         .arg("--config")
         .arg(dir.join("kmsd.toml"))
         .args(["audit", "checkpoint"]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("vbus-kms/audit\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(Command::new(bin("kmsctl"))
+        .arg("--config")
+        .arg(dir.join("kmsd.toml"))
+        .args(["store", "rebuild"]));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -238,7 +248,11 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
                 .to_owned()
         })
         .collect();
-    assert_eq!(service, ["service.start", "policy.load", "service.stop"]);
+    // The first start makes the TLS server credential.
+    assert_eq!(
+        service,
+        ["service.start", "policy.load", "credential.issue", "service.stop"]
+    );
     let verified = kmsctl(&["--json", "audit", "verify"]);
     let v: serde_json::Value = serde_json::from_str(&verified).unwrap();
     assert_eq!(v["records"], v["checkpointed"], "{verified}");

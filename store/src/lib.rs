@@ -25,15 +25,21 @@ pub enum Tree {
     HardwareIds,
     /// Module serial by SHA-256 of the device public key (SPKI).
     PublicKeys,
+    /// Station and officer credentials by identity.
+    Clients,
+    /// Provisioning records by module serial.
+    Records,
 }
 
 impl Tree {
     /// Every tree, for backends that create them up front.
-    pub const ALL: [Tree; 4] = [
+    pub const ALL: [Tree; 6] = [
         Tree::Certificates,
         Tree::Devices,
         Tree::HardwareIds,
         Tree::PublicKeys,
+        Tree::Clients,
+        Tree::Records,
     ];
 
     /// Stable name, used as the sled tree name.
@@ -43,6 +49,8 @@ impl Tree {
             Tree::Devices => "devices",
             Tree::HardwareIds => "hardware_ids",
             Tree::PublicKeys => "public_keys",
+            Tree::Clients => "clients",
+            Tree::Records => "records",
         }
     }
 }

@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kms::admin::{self, Reply};
+use kms::admin::{self, Reply, Request};
+use kms::appliance::Appliance;
 use kms::auditing;
 use kms::ceremony;
 use kms::config::Config;
+use kms::credentials::ClientRole;
 use kms::pin::load_pin;
-use kms::policy::{Caller, PolicyState};
+use kms::policy::Caller;
 use kms::quickstart;
 use kms::storage::SledStore;
 use kms::token::Token;
@@ -91,6 +93,16 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Provisioning station credentials.
+    Station {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Officer credentials.
+    Officer {
+        #[command(subcommand)]
+        command: ClientCommand,
     },
 }
 
@@ -213,6 +225,43 @@ enum DeviceCommand {
         /// Module serial.
         serial: String,
     },
+    /// Show a device: its certificates and provisioning records.
+    Show {
+        /// Module serial.
+        serial: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Issue an mTLS credential from the internal CA. With --csr (made by
+    /// `station init`) only the certificate is written; without it the
+    /// appliance makes the key and writes it once, 0600.
+    Add {
+        /// Identity: the certificate's CN (1-64 of A-Z a-z 0-9 - . _).
+        id: String,
+        /// Stations: module types it may provision, comma-separated
+        /// (CPU,PWR,PERIPH,COMM); written into the policy and reloaded.
+        #[arg(long)]
+        modules: Option<String>,
+        /// Officers: policy roles, comma-separated (officer,firmware-signer,auditor).
+        #[arg(long)]
+        roles: Option<String>,
+        /// The client's CSR (PEM, P-256).
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// Where to write cert.pem, ca.pem (and key.pem): default
+        /// `stations/ID` or `officers/ID` beside the config.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List credentials: serial, expiry, revocation.
+    List,
+    /// Revoke every certificate of ID; its next TLS handshake is refused.
+    Revoke {
+        /// Identity.
+        id: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -310,37 +359,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out,
                 },
         } => {
-            let (cfg, token) = open_token(require_config(&cli.config)?)?;
-            let csr = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
-            let (ca, log) = open_ca(&cfg, &token)?;
-            let policy = PolicyState::load(&cfg)?;
-            let issued = auditing::issue(
-                &ca,
-                &log,
-                &policy,
-                &Caller::local(),
-                &ca::IssueRequest {
-                    module_serial: serial,
-                    hw_uuid: uuid,
-                    csr: &csr,
-                    validity_days: None,
+            let path = require_config(&cli.config)?;
+            let bytes = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
+            // PEM as is; DER wrapped in PEM for the JSON request.
+            let csr = match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(e) => der::pem::encode_string(
+                    "CERTIFICATE REQUEST",
+                    der::pem::LineEnding::LF,
+                    e.as_bytes(),
+                )
+                .map_err(|_| anyhow::anyhow!("{} is neither PEM nor DER", csr.display()))?,
+            };
+            let v = request(
+                path,
+                &Request::Issue {
+                    serial: serial.clone(),
+                    hw_uuid: uuid.clone(),
+                    csr,
                 },
             )?;
-            let pem = ceremony::pem(&issued.certificate_der)?;
+            let issued: kms::appliance::IssuedView = serde_json::from_value(v.clone())?;
             if cli.json {
-                println!(
-                    "{}",
-                    json!({
-                        "serial_number": issued.serial_number, "certificate": pem,
-                        "chain": ceremony::chain_pem(&cfg)?, "not_after": issued.not_after,
-                        "newly_issued": issued.newly_issued,
-                    })
-                );
+                println!("{v}");
             } else {
                 match out {
-                    Some(path) => std::fs::write(path, &pem)
+                    Some(path) => std::fs::write(path, &issued.certificate)
                         .with_context(|| format!("writing {}", path.display()))?,
-                    None => print!("{pem}"),
+                    None => print!("{}", issued.certificate),
                 }
                 eprintln!(
                     "{} certificate {} for {serial}, valid until {}",
@@ -368,17 +414,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("old store kept as {}", aside.display());
             }
             let store = Arc::new(SledStore::open(&cfg.storage.path)?);
-            let ca = ceremony::load_ca(&cfg, &token, store)?;
-            let (certs, permissions) = auditing::rebuild(&cfg, &ca)?;
+            let ca = ceremony::load_ca(&cfg, &token, store.clone())?;
+            let r = auditing::rebuild(&cfg, &ca, store.as_ref())?;
             auditing::record(
                 &log,
                 &auditing::local_actor(),
                 "store.rebuild",
                 &cfg.storage.path.display().to_string(),
                 "ok",
-                json!({ "certificates": certs, "reissue_permissions": permissions }),
+                json!({
+                    "certificates": r.restored, "reissue_permissions": r.granted,
+                    "client_records": r.clients, "provisioning_records": r.records,
+                }),
             )?;
-            println!("store rebuilt from the audit log: {certs} certificate(s), {permissions} re-issue permission(s)");
+            println!(
+                "store rebuilt from the audit log: {} certificate(s), {} re-issue permission(s), \
+                 {} client credential record(s), {} provisioning record(s)",
+                r.restored, r.granted, r.clients, r.records
+            );
             Ok(())
         }
         Command::Policy { command } => {
@@ -387,49 +440,176 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { command } => {
             audit_command(require_config(&cli.config)?, command, cli.json)
         }
-        Command::Device {
-            command: DeviceCommand::AllowReissue { serial },
-        } => {
-            let (cfg, token) = open_token(require_config(&cli.config)?)?;
-            let (ca, log) = open_ca(&cfg, &token)?;
-            let caller = Caller::local();
-            let outcome = PolicyState::load(&cfg)
-                .and_then(|p| {
-                    p.admit(
-                        &caller,
-                        &policies::Action::AllowReissue {
-                            module_serial: serial,
+        Command::Device { command } => {
+            let path = require_config(&cli.config)?;
+            match command {
+                DeviceCommand::AllowReissue { serial } => {
+                    let v = request(
+                        path,
+                        &Request::AllowReissue {
+                            serial: serial.clone(),
                         },
-                    )
-                })
-                .and_then(|_| Ok(ca.allow_reissue(serial)?));
-            let result = outcome.as_ref().map_or_else(kms::Error::code, |_| "ok");
-            auditing::record(
-                &log,
-                caller.name(),
-                "device.allow_reissue",
-                serial,
-                result,
-                json!({}),
-            )?;
-            outcome?;
-            println!("{serial}: one re-issue for a new key allowed");
+                    )?;
+                    if cli.json {
+                        println!("{v}");
+                    } else {
+                        println!("{serial}: one re-issue for a new key allowed");
+                    }
+                }
+                DeviceCommand::Show { serial } => {
+                    let v = request(
+                        path,
+                        &Request::Device {
+                            serial: serial.clone(),
+                        },
+                    )?;
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+            }
             Ok(())
         }
+        Command::Station { command } => client_command(
+            require_config(&cli.config)?,
+            ClientRole::Station,
+            command,
+            cli.json,
+        ),
+        Command::Officer { command } => client_command(
+            require_config(&cli.config)?,
+            ClientRole::Officer,
+            command,
+            cli.json,
+        ),
     }
 }
 
-/// The device CA and the audit log, with the store reconciled against the
-/// log's issuance records.
-fn open_ca(cfg: &Config, token: &Arc<Token>) -> anyhow::Result<(ca::Ca, audit::Log)> {
-    let log = auditing::open(cfg, token)?;
-    let store = Arc::new(SledStore::open(&cfg.storage.path)?);
-    let ca = ceremony::load_ca(cfg, token, store)?;
-    let restored = auditing::reconcile(cfg, &ca)?;
-    if restored > 0 {
-        eprintln!("restored {restored} certificate(s) from the audit log into the store");
+/// Run an admin request: through the running `kmsd` when it answers on the
+/// admin socket (it holds the store and the log), else on the appliance
+/// opened here. The same code runs either way ([`admin::dispatch`]).
+fn request(cfg_path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let cfg = Config::load(cfg_path)?;
+    let client = admin::Client::new(&cfg.server.admin_socket);
+    if client.running() {
+        return admin_ok(client.send(req)?);
     }
-    Ok((ca, log))
+    let (cfg, token) = open_token(cfg_path)?;
+    let app = Appliance::open(cfg, token)?;
+    Ok(admin::dispatch(&app, &Caller::local(), req)?)
+}
+
+fn client_command(
+    cfg_path: &Path,
+    role: ClientRole,
+    command: &ClientCommand,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Add {
+            id,
+            modules,
+            roles,
+            csr,
+            out,
+        } => {
+            let csr = csr
+                .as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {} (a PEM CSR)", p.display()))
+                })
+                .transpose()?;
+            let out = out.clone().unwrap_or_else(|| {
+                cfg_path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(format!("{}s", role.as_str()))
+                    .join(id)
+            });
+            // Refuse before anything is issued what write_dir would refuse.
+            for f in ["cert.pem", "ca.pem"] {
+                if out.join(f).exists() {
+                    anyhow::bail!("{} exists; choose another --out", out.join(f).display());
+                }
+            }
+            let v = request(
+                cfg_path,
+                &Request::AddClient {
+                    id: id.clone(),
+                    role,
+                    csr,
+                    modules: split_list(modules),
+                    roles: split_list(roles),
+                },
+            )?;
+            let cred = kms::credentials::ClientCredential {
+                record: serde_json::from_value(v["client"].clone())?,
+                cert_pem: v["cert_pem"].as_str().unwrap_or_default().to_owned(),
+                key_pem: v["key_pem"]
+                    .as_str()
+                    .map(|k| zeroize::Zeroizing::new(k.to_owned())),
+                ca_pem: v["ca_pem"].as_str().unwrap_or_default().to_owned(),
+            };
+            kms::credentials::write_dir(&cred, &out)?;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({ "client": cred.record, "dir": out, "policy_sha256": v["policy_sha256"] })
+                );
+            } else {
+                println!(
+                    "{} {id}: certificate {} until {}, written to {}",
+                    role.as_str(),
+                    cred.record.serial_number,
+                    cred.record.not_after,
+                    out.display()
+                );
+                if role == ClientRole::Station && modules.is_none() {
+                    println!("no --modules: the policy gives {id} no rule yet, so it may do nothing until one is added");
+                }
+            }
+        }
+        ClientCommand::List => {
+            let v = request(cfg_path, &Request::Clients)?;
+            let all: Vec<kms::credentials::ClientRecord> = serde_json::from_value(v)?;
+            let mine: Vec<_> = all.into_iter().filter(|r| r.role == role).collect();
+            if as_json {
+                println!("{}", serde_json::to_string(&mine)?);
+            } else {
+                for r in mine {
+                    println!(
+                        "{:<24} {:<34} until {}  {}",
+                        r.id,
+                        r.serial_number,
+                        r.not_after,
+                        r.revoked_at
+                            .map_or_else(|| "active".to_owned(), |t| format!("revoked {t}"))
+                    );
+                }
+            }
+        }
+        ClientCommand::Revoke { id } => {
+            let v = request(cfg_path, &Request::RevokeClient { id: id.clone() })?;
+            if as_json {
+                println!("{v}");
+            } else {
+                let n = v["revoked"].as_array().map_or(0, Vec::len);
+                println!("{id}: {n} certificate(s) revoked; refused from the next connection");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn split_list(v: &Option<String>) -> Vec<String> {
+    v.as_deref()
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn policy_command(cfg_path: &Path, command: &PolicyCommand, as_json: bool) -> anyhow::Result<()> {
@@ -447,7 +627,7 @@ fn policy_command(cfg_path: &Path, command: &PolicyCommand, as_json: bool) -> an
     match command {
         PolicyCommand::Show { file } => {
             let view = match (file, running) {
-                (None, true) => admin_ok(client.call("GET", "/v1/admin/policy", None)?)?,
+                (None, true) => admin_ok(client.send(&Request::PolicyShow)?)?,
                 _ => admin::policy_view(&from_file(file.as_ref())?),
             };
             if as_json {
@@ -471,11 +651,7 @@ fn policy_command(cfg_path: &Path, command: &PolicyCommand, as_json: bool) -> an
                 key_type: key_type.clone(),
             };
             let out = match (file, running) {
-                (None, true) => admin_ok(client.call(
-                    "POST",
-                    "/v1/admin/policy/check",
-                    Some(&serde_json::to_value(&req)?),
-                )?)?,
+                (None, true) => admin_ok(client.send(&Request::PolicyCheck(req.clone()))?)?,
                 _ => kms::policy::explain(
                     &from_file(file.as_ref())?,
                     &policies::Quotas::new(),
@@ -500,7 +676,7 @@ fn policy_command(cfg_path: &Path, command: &PolicyCommand, as_json: bool) -> an
                 return Ok(());
             }
             // kmsd validates and records the attempt, refused or not.
-            let reply = admin_ok(client.call("POST", "/v1/admin/policy/reload", None)?)?;
+            let reply = admin_ok(client.send(&Request::PolicyReload)?)?;
             if as_json {
                 println!("{reply}");
             } else {
@@ -620,6 +796,10 @@ fn audit_command(cfg_path: &Path, command: &AuditCommand, as_json: bool) -> anyh
     let vkey = ceremony::audit_verifier_key(&cfg, &token)?;
     match command {
         AuditCommand::Pubkey => println!("{vkey}"),
+        AuditCommand::Checkpoint if admin::Client::new(&cfg.server.admin_socket).running() => {
+            let v = request(cfg_path, &Request::Checkpoint)?;
+            print!("{}", v["checkpoint"].as_str().unwrap_or_default());
+        }
         AuditCommand::Checkpoint => {
             let log = auditing::open(&cfg, &token)?;
             match log.checkpoint()? {

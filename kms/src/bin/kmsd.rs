@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use kms::admin::{self, AdminState};
+use kms::appliance::Appliance;
 use kms::config::Config;
-use kms::http::{publication_router, AppState};
+use kms::http::publication_router;
 use kms::pin::load_pin;
 use kms::policy::{record_load, Caller, PolicyState};
 use kms::token::Token;
@@ -67,12 +68,28 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("no policy.file configured: the empty policy denies every client");
     }
     tracing::info!(sha256 = policy.current().sha256(), "policy loaded");
+    let app = Arc::new(Appliance::assemble(
+        cfg.clone(),
+        token.clone(),
+        audit.clone(),
+        policy,
+    )?);
+    // The server certificate, made or renewed (its key stays in the token).
+    let server_der = kms::credentials::ensure_server(&cfg, &token, &audit)?;
+    let internal_der = kms::ceremony::read_cert(&kms::ceremony::CaFiles::of(&cfg).internal)?;
+    let tls = kms::server::tls_config(
+        &token,
+        &cfg.server.tls_key,
+        server_der,
+        internal_der,
+        app.revoked.clone(),
+    )?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let outcome = runtime.block_on(serve(cfg, token, audit.clone(), policy));
+    let outcome = runtime.block_on(serve(app, tls));
     // Whatever ended the service, say so in the log and seal it.
     let result = if outcome.is_ok() { "ok" } else { "error" };
     kms::auditing::record(
@@ -87,14 +104,10 @@ fn main() -> anyhow::Result<()> {
     outcome
 }
 
-async fn serve(
-    cfg: Config,
-    token: Arc<Token>,
-    audit: Arc<audit::Log>,
-    policy: Arc<PolicyState>,
-) -> anyhow::Result<()> {
+async fn serve(app: Arc<Appliance>, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<()> {
+    let cfg = app.cfg.clone();
     let every = std::time::Duration::from_secs(cfg.audit.checkpoint_seconds.max(1));
-    let periodic = audit.clone();
+    let periodic = app.audit.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
@@ -108,12 +121,8 @@ async fn serve(
             }
         }
     });
-    tokio::spawn(reload_on_sighup(policy.clone(), audit.clone()));
-    let admin_state = AdminState {
-        policy,
-        audit: audit.clone(),
-    };
-    let state = AppState { token, audit };
+    tokio::spawn(reload_on_sighup(app.clone()));
+
     let publication = tokio::net::TcpListener::bind(cfg.server.publication_listen)
         .await
         .with_context(|| {
@@ -122,9 +131,17 @@ async fn serve(
                 cfg.server.publication_listen
             )
         })?;
-    tracing::info!(addr = %cfg.server.publication_listen, "publication port listening");
+    let api = tokio::net::TcpListener::bind(cfg.server.api_listen)
+        .await
+        .with_context(|| format!("binding the API port {}", cfg.server.api_listen))?;
     let admin = admin::bind(&cfg.server.admin_socket)?;
-    tracing::info!(path = %cfg.server.admin_socket.display(), "admin socket listening");
+    tracing::info!(
+        api = %cfg.server.api_listen,
+        publication = %cfg.server.publication_listen,
+        admin = %cfg.server.admin_socket.display(),
+        "listening"
+    );
+
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {
         let mut rx = stop.subscribe();
@@ -135,18 +152,32 @@ async fn serve(
     let admin_task = tokio::spawn(
         axum::serve(
             admin,
-            admin::router(admin_state).into_make_service_with_connect_info::<admin::PeerUid>(),
+            admin::router(AdminState { app: app.clone() })
+                .into_make_service_with_connect_info::<admin::PeerUid>(),
         )
         .with_graceful_shutdown(stopped(&stop))
         .into_future(),
     );
     let publication_task = tokio::spawn(
-        axum::serve(publication, publication_router(state))
+        axum::serve(publication, publication_router(app.clone()))
             .with_graceful_shutdown(stopped(&stop))
             .into_future(),
     );
+    let api_task = {
+        let (router, metrics, limits) = (
+            kms::api::router(app.clone()),
+            app.metrics.clone(),
+            cfg.server.clone(),
+        );
+        let stop_api = stopped(&stop);
+        tokio::spawn(async move {
+            kms::server::serve_api(api, tls, router, &limits, metrics, stop_api).await;
+        })
+    };
     shutdown_signal().await;
     let _ = stop.send(());
+    // In-flight requests finish; then the final checkpoint (in main).
+    api_task.await.context("API task")?;
     publication_task
         .await
         .context("publication task")?
@@ -161,16 +192,16 @@ async fn serve(
 }
 
 /// SIGHUP: read the policy file again (as `kmsctl policy reload` does).
-async fn reload_on_sighup(policy: Arc<PolicyState>, audit: Arc<audit::Log>) {
+async fn reload_on_sighup(app: Arc<Appliance>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload the policy with kmsctl policy reload");
         return;
     };
     while hup.recv().await.is_some() {
-        let (policy, audit) = (policy.clone(), audit.clone());
+        let app = app.clone();
         let caller = Caller::Local("signal:SIGHUP".into());
-        match tokio::task::spawn_blocking(move || policy.reload(&audit, &caller)).await {
+        match tokio::task::spawn_blocking(move || app.policy.reload(&app.audit, &caller)).await {
             Ok(Ok(p)) => tracing::info!(sha256 = p.sha256(), "SIGHUP: policy reloaded"),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "SIGHUP: policy refused; the running one stays")

@@ -42,6 +42,10 @@ pub struct Token {
     /// of the application, so looking a key up once per process is enough.
     /// Cleared when the pool finds a handle stale or the token came back.
     keys: RwLock<[HashMap<String, FoundKey>; 3]>,
+    /// Latency of each operation through the pool, retries included.
+    op_latency: crate::metrics::Histogram,
+    /// Operations that failed after the retries.
+    op_errors: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Token {
@@ -74,6 +78,8 @@ impl Token {
         Ok(Token {
             pool: Pool::open(pkcs11, pin, settings)?,
             keys: RwLock::new(Default::default()),
+            op_latency: Default::default(),
+            op_errors: Default::default(),
         })
     }
 
@@ -102,7 +108,29 @@ impl Token {
 
     /// Run `op` on a pooled session with recovery (see `pool`).
     fn run<T>(&self, op: impl FnMut(&Session) -> Result<T>) -> Result<T> {
-        self.pool.run(op, || self.forget_handles())
+        let started = std::time::Instant::now();
+        let out = self.pool.run(op, || self.forget_handles());
+        self.op_latency.observe(started.elapsed());
+        if out.is_err() {
+            self.op_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// (sessions leased now, sessions open) in the pool.
+    pub fn sessions(&self) -> (usize, usize) {
+        self.pool.sessions()
+    }
+
+    /// Latency of token operations through the pool.
+    pub fn op_latency(&self) -> &crate::metrics::Histogram {
+        &self.op_latency
+    }
+
+    /// Token operations that failed after the retries.
+    pub fn op_errors(&self) -> u64 {
+        self.op_errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Look up a key, through the handle cache.

@@ -453,6 +453,14 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// (sessions leased now, sessions open).
+    pub(crate) fn sessions(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.open.saturating_sub(st.idle.len()), st.open)
+    }
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         let idle = std::mem::take(&mut self.lock().idle);

@@ -1,0 +1,319 @@
+//! The mTLS API for stations and officers, and EST (RFC 7030).
+//!
+//! Every handler takes the caller from the [`Identity`] the TLS layer put
+//! on the request, reads its body under the size limit, and runs the
+//! [`Appliance`] operation on a blocking thread (token and fsync work).
+//! Errors are the JSON bodies of [`error_response`]; requests that reach a
+//! handler and are refused are audited by the operation itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+
+use crate::appliance::Appliance;
+use crate::error::{Error, Result};
+use crate::http::{error_response, ErrorCode};
+use crate::policy::Caller;
+use crate::server::Identity;
+
+/// Operation names of EST refusals that happen before issuance (a wrong
+/// content type, a body that is not base64).
+const EST_ENROLL_OP: &str = "est.simpleenroll";
+const EST_REENROLL_OP: &str = "est.simplereenroll";
+
+#[derive(Clone)]
+struct Api {
+    app: Arc<Appliance>,
+    body_limit: usize,
+}
+
+/// The API router (served by [`crate::server::serve_api`]).
+pub fn router(app: Arc<Appliance>) -> Router {
+    let limits = app.cfg.server.clone();
+    let api = Api {
+        app: app.clone(),
+        body_limit: limits.body_limit,
+    };
+    let timeout = Duration::from_millis(limits.request_timeout_ms);
+    Router::new()
+        .route("/v1/devices/{serial}/certificate", post(issue))
+        .route("/v1/devices/{serial}/record", post(record))
+        .route("/v1/devices/{serial}", get(device))
+        .route("/.well-known/est/cacerts", get(est_cacerts))
+        .route("/.well-known/est/simpleenroll", post(est_enroll))
+        .route("/.well-known/est/simplereenroll", post(est_reenroll))
+        .route("/.well-known/est/csrattrs", get(est_csrattrs))
+        .with_state(api)
+        .merge(crate::http::health_router(app.token.clone()))
+        .fallback(|req: Request| async move {
+            error_response(&Error::NotFound(
+                req.uri().path().chars().take(128).collect(),
+            ))
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            error_response(&Error::MethodNotAllowed(req.method().to_string()))
+        })
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            deadline(timeout, req, next)
+        }))
+        .layer(middleware::from_fn_with_state(app, count))
+}
+
+/// The whole request, body included, within `timeout` (a slow client gets
+/// 408 `request_timeout` and loses its connection slot).
+async fn deadline(timeout: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error_response(&Error::RequestTimeout {
+            waited_ms: timeout.as_millis() as u64,
+        }),
+    }
+}
+
+/// Count every answer by endpoint (route template) and result.
+async fn count(State(app): State<Arc<Appliance>>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(req).await;
+    let result = response
+        .extensions()
+        .get::<ErrorCode>()
+        .map_or("ok", |c| c.0);
+    app.metrics.request(&endpoint, result);
+    response
+}
+
+fn caller(identity: &Identity) -> Caller {
+    Caller::Client(identity.id.clone())
+}
+
+/// The body, at most `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner.is::<http_body_util::LengthLimitError>() {
+            Error::BodyTooLarge { limit }
+        } else {
+            Error::MalformedRequest(format!("reading the body: {inner}"))
+        }
+    })
+}
+
+/// Run `f` on a blocking thread; its error as the JSON answer.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::result::Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error_response(&e)),
+        Err(_) => Err(error_response(&Error::Unreachable("handler task panicked"))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    csr: String,
+    hw_uuid: String,
+}
+
+/// `POST /v1/devices/{serial}/certificate` `{csr, hw_uuid}`: 201 with the
+/// certificate and chain, 200 when the same request was already answered.
+async fn issue(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Path(serial): Path<String>,
+    body: Body,
+) -> Response {
+    let body = read_body(body, api.body_limit).await;
+    let who = caller(&identity);
+    let app = api.app.clone();
+    let outcome = blocking(move || {
+        let parsed = body.and_then(|b| {
+            serde_json::from_slice::<IssueBody>(&b)
+                .map_err(|e| Error::MalformedRequest(format!("certificate request: {e}")))
+        });
+        match parsed {
+            Ok(req) => app.issue(&who, &serial, &req.hw_uuid, req.csr.as_bytes(), false),
+            Err(e) => app.refuse(&who, crate::auditing::ISSUE_OP, &serial, e),
+        }
+    })
+    .await;
+    match outcome {
+        Ok(issued) => {
+            let status = if issued.newly_issued {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(issued)).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/devices/{serial}`.
+async fn device(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Path(serial): Path<String>,
+) -> Response {
+    let who = caller(&identity);
+    let app = api.app.clone();
+    match blocking(move || app.device(&who, &serial)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/devices/{serial}/record`: 201 with the record's hash.
+async fn record(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Path(serial): Path<String>,
+    body: Body,
+) -> Response {
+    let body = read_body(body, api.body_limit).await;
+    let who = caller(&identity);
+    let app = api.app.clone();
+    let outcome = blocking(move || match body {
+        Ok(b) => app.record(&who, &serial, &b),
+        Err(e) => app.refuse(&who, crate::appliance::RECORD_OP, &serial, e),
+    })
+    .await;
+    match outcome {
+        Ok(v) => (StatusCode::CREATED, Json(v)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// An EST answer: base64 DER with its media type.
+fn est_body(content_type: &'static str, der: &[u8]) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::HeaderName::from_static("content-transfer-encoding"),
+                "base64",
+            ),
+        ],
+        ca::est::base64_body(der),
+    )
+        .into_response()
+}
+
+/// `GET /.well-known/est/cacerts`: the intermediate and the root.
+async fn est_cacerts(State(api): State<Api>) -> Response {
+    let certs = (|| {
+        let files = crate::ceremony::CaFiles::of(&api.app.cfg);
+        let inter = crate::ceremony::read_cert(&files.intermediate)?;
+        let root = crate::ceremony::read_cert(&files.root)?;
+        Ok::<_, Error>(ca::est::certs_only(&[&inter, &root])?)
+    })();
+    match certs {
+        Ok(der) => est_body("application/pkcs7-mime", &der),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `GET /.well-known/est/csrattrs`.
+async fn est_csrattrs() -> Response {
+    match ca::est::csr_attrs() {
+        Ok(der) => est_body("application/csrattrs", &der),
+        Err(e) => error_response(&e.into()),
+    }
+}
+
+async fn est_enroll(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    est(api, identity, headers, body, false).await
+}
+
+async fn est_reenroll(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    est(api, identity, headers, body, true).await
+}
+
+/// `simpleenroll` / `simplereenroll`: a base64 PKCS#10 whose subject
+/// serialNumber is the module serial and whose SAN `urn:uuid` is the
+/// hardware UUID; answered with a base64 certs-only PKCS#7.
+async fn est(
+    api: Api,
+    identity: Identity,
+    headers: HeaderMap,
+    body: Body,
+    reenroll: bool,
+) -> Response {
+    let op = if reenroll {
+        EST_REENROLL_OP
+    } else {
+        EST_ENROLL_OP
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = read_body(body, api.body_limit).await;
+    let who = caller(&identity);
+    let app = api.app.clone();
+    let started = Instant::now();
+    let outcome = blocking(move || {
+        let request = (|| {
+            let media = content_type.split(';').next().unwrap_or("").trim();
+            if !media.eq_ignore_ascii_case("application/pkcs10") {
+                return Err(Error::UnsupportedMediaType(
+                    content_type.chars().take(64).collect(),
+                ));
+            }
+            let der = ca::est::decode_base64_body(&body?)?;
+            let id = ca::est::csr_identity(&der)?;
+            let serial = id.serial_number.ok_or_else(|| {
+                Error::MalformedRequest(
+                    "the CSR subject has no serialNumber (the module serial)".into(),
+                )
+            })?;
+            let uuid = id.hw_uuid.ok_or_else(|| {
+                Error::MalformedRequest(
+                    "the CSR has no SAN URI urn:uuid:… (the hardware UUID)".into(),
+                )
+            })?;
+            Ok((serial, uuid, der))
+        })();
+        match request {
+            Ok((serial, uuid, der)) => app.issue(&who, &serial, &uuid, &der, reenroll),
+            Err(e) => app.refuse(&who, op, "-", e),
+        }
+    })
+    .await;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        reenroll,
+        "EST enrolment"
+    );
+    match outcome {
+        Ok(issued) => match ca::est::certs_only(&[&issued.der]) {
+            Ok(der) => est_body("application/pkcs7-mime; smime-type=certs-only", &der),
+            Err(e) => error_response(&e.into()),
+        },
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,479 @@
+//! The open appliance and the operations on it. `kmsd` holds one and its
+//! API and admin handlers call these methods; `kmsctl` opens one itself
+//! when `kmsd` is not running, so both paths run the same code.
+//!
+//! Every operation, allowed or refused, leaves one audit record (a refusal
+//! is recorded with its error code; nothing else changes).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use store::{Store, Tree, Write};
+
+use crate::auditing;
+use crate::ceremony;
+use crate::config::Config;
+use crate::credentials::{self, ClientCredential, ClientRecord, ClientRole, Revoked};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::policy::{Caller, PolicyState};
+use crate::storage::SledStore;
+use crate::token::Token;
+
+/// Operation name of a device lookup.
+pub const DEVICE_READ_OP: &str = "device.read";
+/// Operation name of a provisioning record.
+pub const RECORD_OP: &str = "device.record";
+
+/// Longest text field of a provisioning record.
+const MAX_FIELD: usize = 256;
+/// Most steps or lots in one provisioning record.
+const MAX_ITEMS: usize = 512;
+
+/// Everything the operations need.
+pub struct Appliance {
+    /// The configuration.
+    pub cfg: Config,
+    /// The token.
+    pub token: Arc<Token>,
+    /// The audit log (the system of record).
+    pub audit: Arc<audit::Log>,
+    /// The state store.
+    pub store: Arc<SledStore>,
+    /// The device CA.
+    pub ca: ca::Ca,
+    /// The policy in force and the quota counters.
+    pub policy: Arc<PolicyState>,
+    /// Revoked client certificates, shared with the TLS verifier.
+    pub revoked: Arc<Revoked>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    chain_pem: String,
+}
+
+/// A device certificate as the API returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IssuedView {
+    /// Lowercase hex.
+    pub serial_number: String,
+    /// PEM.
+    pub certificate: String,
+    /// Intermediate then root, PEM.
+    pub chain: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// False when the same device and key were already certified.
+    pub newly_issued: bool,
+    /// DER of the certificate (for EST), not serialised.
+    #[serde(skip)]
+    pub der: Vec<u8>,
+}
+
+/// One step of a provisioning test.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestStep {
+    /// Step name.
+    pub name: String,
+    /// Passed or failed.
+    pub passed: bool,
+    /// Measured value, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Its unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+/// A component and its lot code.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentLot {
+    /// Component (part number or reference designator).
+    pub component: String,
+    /// Lot code.
+    pub lot: String,
+}
+
+/// What a station records about a device it provisioned.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningRecord {
+    /// Firmware version flashed.
+    pub firmware_version: String,
+    /// The operator at the station.
+    pub operator: String,
+    /// Test results, step by step.
+    pub steps: Vec<TestStep>,
+    /// Component lot codes.
+    #[serde(default)]
+    pub component_lots: Vec<ComponentLot>,
+}
+
+impl ProvisioningRecord {
+    fn validate(&self) -> Result<()> {
+        let field = |name: &str, v: &str, required: bool| {
+            if (required && v.trim().is_empty())
+                || v.len() > MAX_FIELD
+                || v.contains(char::is_control)
+            {
+                Err(Error::MalformedRequest(format!(
+                    "{name} must be {}at most {MAX_FIELD} bytes without control characters",
+                    if required { "non-empty, " } else { "" }
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        field("firmware_version", &self.firmware_version, true)?;
+        field("operator", &self.operator, true)?;
+        if self.steps.len() > MAX_ITEMS || self.component_lots.len() > MAX_ITEMS {
+            return Err(Error::MalformedRequest(format!(
+                "at most {MAX_ITEMS} steps and {MAX_ITEMS} component lots"
+            )));
+        }
+        for s in &self.steps {
+            field("steps[].name", &s.name, true)?;
+            field("steps[].unit", s.unit.as_deref().unwrap_or(""), false)?;
+            if s.value.is_some_and(|v| !v.is_finite()) {
+                return Err(Error::MalformedRequest(
+                    "steps[].value must be finite".into(),
+                ));
+            }
+        }
+        for l in &self.component_lots {
+            field("component_lots[].component", &l.component, true)?;
+            field("component_lots[].lot", &l.lot, true)?;
+        }
+        Ok(())
+    }
+}
+
+impl Appliance {
+    /// Open everything for local use (`kmsctl` while `kmsd` is stopped).
+    pub fn open(cfg: Config, token: Arc<Token>) -> Result<Self> {
+        let audit = Arc::new(auditing::open(&cfg, &token)?);
+        let policy = Arc::new(PolicyState::load(&cfg)?);
+        Self::assemble(cfg, token, audit, policy)
+    }
+
+    /// Put the parts together: open the store and the CA, re-apply issuance
+    /// records the store lacks, count today's issuances into the station
+    /// quotas, load the revoked client certificates.
+    pub fn assemble(
+        cfg: Config,
+        token: Arc<Token>,
+        audit: Arc<audit::Log>,
+        policy: Arc<PolicyState>,
+    ) -> Result<Self> {
+        let store = Arc::new(SledStore::open(&cfg.storage.path)?);
+        let ca = ceremony::load_ca(&cfg, &token, store.clone())?;
+        let since = crate::policy::now() - crate::policy::now().rem_euclid(86_400);
+        let replay = auditing::reconcile(&cfg, &ca, store.as_ref(), since)?;
+        if replay.restored > 0 {
+            tracing::warn!(
+                restored = replay.restored,
+                "re-applied issuance records the store lacked"
+            );
+        }
+        for (station, at) in &replay.issued_since {
+            policy.quotas().record(station, *at);
+        }
+        let revoked = Revoked::load(store.as_ref())?;
+        let chain_pem = ceremony::chain_pem(&cfg)?;
+        let metrics = Arc::new(Metrics::default());
+        let observed = metrics.clone();
+        audit.observe_syncs(Box::new(move |d| observed.audit_fsync.observe(d)));
+        Ok(Self {
+            cfg,
+            token,
+            audit,
+            store,
+            ca,
+            policy,
+            revoked,
+            metrics,
+            chain_pem,
+        })
+    }
+
+    /// The CA chain PEM (intermediate then root).
+    pub fn chain_pem(&self) -> &str {
+        &self.chain_pem
+    }
+
+    /// Record a refusal of `op` on `subject` with its code, and return it.
+    pub fn refuse<T>(&self, caller: &Caller, op: &str, subject: &str, e: Error) -> Result<T> {
+        let subject: String = subject.chars().take(64).collect();
+        auditing::record(
+            &self.audit,
+            caller.name(),
+            op,
+            &subject,
+            e.code(),
+            json!({}),
+        )?;
+        Err(e)
+    }
+
+    /// Certify a device key (the station API, EST and `kmsctl cert issue`).
+    pub fn issue(
+        &self,
+        caller: &Caller,
+        module_serial: &str,
+        hw_uuid: &str,
+        csr: &[u8],
+        reenroll: bool,
+    ) -> Result<IssuedView> {
+        let started = std::time::Instant::now();
+        let issued = auditing::issue(
+            &self.ca,
+            &self.audit,
+            &self.policy,
+            caller,
+            &ca::IssueRequest {
+                module_serial,
+                hw_uuid,
+                csr,
+                validity_days: None,
+                requested_by: caller.name(),
+                new_key_allowed: false,
+            },
+            reenroll,
+        )?;
+        self.metrics.issuance.observe(started.elapsed());
+        Ok(IssuedView {
+            serial_number: issued.serial_number,
+            certificate: ceremony::pem(&issued.certificate_der)?,
+            chain: self.chain_pem.clone(),
+            not_after: issued.not_after,
+            newly_issued: issued.newly_issued,
+            der: issued.certificate_der,
+        })
+    }
+
+    /// The device record, its certificates and provisioning records. A
+    /// station sees only devices it provisioned (others are "not found").
+    pub fn device(&self, caller: &Caller, module_serial: &str) -> Result<Value> {
+        let outcome = (|| {
+            self.policy
+                .check(caller, &policies::Action::DeviceRead { module_serial })?;
+            let device = self.owned_device(caller, module_serial)?;
+            let certificates = device
+                .certificates
+                .iter()
+                .map(|s| {
+                    Ok(self.ca.certificate(s)?.map(|c| {
+                        json!({ "serial_number": c.serial_number, "not_before": c.not_before, "not_after": c.not_after })
+                    }))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(json!({
+                "module_serial": device.module_serial,
+                "module_type": device.module_type,
+                "hw_uuid": device.hw_uuid,
+                "station": device.station,
+                "certificate": device.certificate,
+                "certificates": certificates,
+                "reissue_allowed": device.reissue_allowed,
+                "records": self.records(module_serial)?,
+            }))
+        })();
+        match outcome {
+            Ok(v) => {
+                auditing::record(
+                    &self.audit,
+                    caller.name(),
+                    DEVICE_READ_OP,
+                    module_serial,
+                    "ok",
+                    json!({}),
+                )?;
+                Ok(v)
+            }
+            Err(e) => self.refuse(caller, DEVICE_READ_OP, module_serial, e),
+        }
+    }
+
+    /// The device, if `caller` may see it: officers and the local operator
+    /// any, a station the ones it provisioned.
+    fn owned_device(&self, caller: &Caller, module_serial: &str) -> Result<ca::DeviceRecord> {
+        let not_found = || {
+            Error::Ca(ca::Error::DeviceNotFound(
+                module_serial.chars().take(64).collect(),
+            ))
+        };
+        let device = self.ca.device(module_serial)?.ok_or_else(not_found)?;
+        let is_station = |id: &str| {
+            self.policy
+                .current()
+                .roles(id)
+                .iter()
+                .all(|r| *r == policies::Role::Station)
+        };
+        match caller {
+            Caller::Client(id) if is_station(id) && device.station != *id => Err(not_found()),
+            _ => Ok(device),
+        }
+    }
+
+    fn records(&self, module_serial: &str) -> Result<Vec<Value>> {
+        Ok(
+            match self.store.get(Tree::Records, module_serial.as_bytes())? {
+                Some(v) => serde_json::from_slice(&v)
+                    .map_err(|e| Error::Store(store::Error::Corrupt(format!("records: {e}"))))?,
+                None => Vec::new(),
+            },
+        )
+    }
+
+    /// Attach a provisioning record (JSON body) to a device the caller
+    /// provisioned. The record is in the audit log before the store.
+    pub fn record(&self, caller: &Caller, module_serial: &str, body: &[u8]) -> Result<Value> {
+        let parsed = (|| {
+            self.policy
+                .check(caller, &policies::Action::DeviceRecord { module_serial })?;
+            let record: ProvisioningRecord = serde_json::from_slice(body)
+                .map_err(|e| Error::MalformedRequest(format!("provisioning record: {e}")))?;
+            record.validate()?;
+            self.owned_device(caller, module_serial)?;
+            Ok(record)
+        })();
+        let record = match parsed {
+            Ok(r) => r,
+            Err(e) => return self.refuse(caller, RECORD_OP, module_serial, e),
+        };
+        let at = crate::policy::rfc3339(crate::policy::now());
+        let entry = json!({ "recorded_at": at, "station": caller.name(), "record": record });
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(entry.to_string()));
+        auditing::record(
+            &self.audit,
+            caller.name(),
+            RECORD_OP,
+            module_serial,
+            "ok",
+            json!({ "sha256": sha256, "entry": entry }),
+        )?;
+        append_record(self.store.as_ref(), module_serial, entry)?;
+        Ok(json!({ "module_serial": module_serial, "recorded_at": at, "sha256": sha256 }))
+    }
+
+    /// An officer lets a certified device get one certificate for a new key.
+    pub fn allow_reissue(&self, caller: &Caller, module_serial: &str) -> Result<()> {
+        let outcome = self
+            .policy
+            .check(caller, &policies::Action::AllowReissue { module_serial })
+            .and_then(|()| Ok(self.ca.allow_reissue(module_serial)?));
+        match outcome {
+            Ok(()) => auditing::record(
+                &self.audit,
+                caller.name(),
+                auditing::ALLOW_REISSUE_OP,
+                module_serial,
+                "ok",
+                json!({}),
+            ),
+            Err(e) => self.refuse(caller, auditing::ALLOW_REISSUE_OP, module_serial, e),
+        }
+    }
+
+    /// Enrol a station or officer: a client certificate from the internal
+    /// CA (for the key in `csr`, or a key made here), and, for a station
+    /// with `modules`, or an officer with `roles`, the policy updated and
+    /// reloaded.
+    pub fn add_client(
+        &self,
+        caller: &Caller,
+        id: &str,
+        role: ClientRole,
+        csr: Option<&[u8]>,
+        modules: &[String],
+        roles: &[String],
+    ) -> Result<ClientCredential> {
+        let prepared = (|| {
+            self.policy.check(caller, &policies::Action::Admin)?;
+            credentials::check_id(id)?;
+            self.policy.with_client(id, role, modules, roles)
+        })();
+        let new_policy = match prepared {
+            Ok(p) => p,
+            Err(e) => return self.refuse(caller, credentials::ISSUE_OP, id, e),
+        };
+        let cred = match credentials::issue_client(
+            &self.cfg,
+            &self.token,
+            &self.audit,
+            self.store.as_ref(),
+            caller.name(),
+            &credentials::NewClient { id, role, csr },
+        ) {
+            Ok(c) => c,
+            Err(e @ Error::Audit(_)) => return Err(e),
+            Err(e) => return self.refuse(caller, credentials::ISSUE_OP, id, e),
+        };
+        if let Some(text) = new_policy {
+            self.policy.replace(&text, &self.audit, caller)?;
+        }
+        Ok(cred)
+    }
+
+    /// Revoke every certificate of `id`; refused at its next handshake.
+    pub fn revoke_client(&self, caller: &Caller, id: &str) -> Result<Vec<String>> {
+        let outcome = self
+            .policy
+            .check(caller, &policies::Action::Admin)
+            .and_then(|()| {
+                credentials::revoke(
+                    self.store.as_ref(),
+                    &self.audit,
+                    &self.revoked,
+                    caller.name(),
+                    id,
+                )
+            });
+        match outcome {
+            Ok(s) => Ok(s),
+            Err(e @ Error::Audit(_)) => Err(e),
+            Err(e) => self.refuse(caller, credentials::REVOKE_OP, id, e),
+        }
+    }
+
+    /// Every client certificate.
+    pub fn clients(&self) -> Result<Vec<ClientRecord>> {
+        credentials::list(self.store.as_ref())
+    }
+}
+
+/// Append `entry` to the device's records (compare-and-swap, retried).
+pub(crate) fn append_record(store: &dyn Store, module_serial: &str, entry: Value) -> Result<()> {
+    for _ in 0..16 {
+        let old = store.get(Tree::Records, module_serial.as_bytes())?;
+        let mut list: Vec<Value> = match &old {
+            Some(v) => serde_json::from_slice(v)
+                .map_err(|e| Error::Store(store::Error::Corrupt(format!("records: {e}"))))?,
+            None => Vec::new(),
+        };
+        list.push(entry.clone());
+        let value = serde_json::to_vec(&list).map_err(|_| Error::Unreachable("records to JSON"))?;
+        let write = match old {
+            None => Write::Insert {
+                tree: Tree::Records,
+                key: module_serial.as_bytes().to_vec(),
+                value,
+            },
+            Some(expected) => Write::Replace {
+                tree: Tree::Records,
+                key: module_serial.as_bytes().to_vec(),
+                expected: Some(expected),
+                value,
+            },
+        };
+        if store.commit(&[write])?.is_ok() {
+            return Ok(());
+        }
+    }
+    Err(Error::Store(store::Error::Corrupt(format!(
+        "records of {module_serial} keep changing under us"
+    ))))
+}

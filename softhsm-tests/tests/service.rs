@@ -1,0 +1,689 @@
+//! The appliance service on the real binaries and a real token: the mTLS
+//! JSON API judged by curl, EST judged by curl and `openssl pkcs7`, TLS
+//! refusals judged by `openssl s_client`, station enrolment and revocation
+//! through `kmsctl` while `kmsd` runs, and a table of bad requests that each
+//! get their status and code and change nothing but the audit log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use softhsm_tests::{device_csr, issue_body, ok, run, Running};
+
+const STATION: &str = "stations/station-01";
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// `openssl verify` of a PEM certificate against the quickstart root, with
+/// the chain the API returned as untrusted intermediates.
+fn openssl_verify(dir: &Path, cert_pem: &str, chain_pem: &str) -> String {
+    let cert = dir.join("verify-cert.pem");
+    let chain = dir.join("verify-chain.pem");
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&chain, chain_pem).unwrap();
+    let out = run(Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(dir.join("ca/root.pem"))
+        .arg("-untrusted")
+        .arg(&chain)
+        .arg(&cert));
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Decode a base64 PKCS#7 certs-only body with openssl; the subjects.
+fn pkcs7_subjects(dir: &Path, b64: &Path) -> Vec<String> {
+    let der = dir.join("p7.der");
+    assert!(run(Command::new("openssl")
+        .args(["base64", "-d", "-in"])
+        .arg(b64)
+        .arg("-out")
+        .arg(&der))
+    .status
+    .success());
+    let out = run(Command::new("openssl")
+        .args(["pkcs7", "-inform", "DER", "-print_certs", "-noout", "-in"])
+        .arg(&der));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("subject=").map(str::to_owned))
+        .collect()
+}
+
+/// The handshake as `openssl s_client` sees it, sending one request: its
+/// output (errors included).
+fn s_client(a: &Running, cert_key: Option<(&Path, &Path)>) -> String {
+    let mut cmd = Command::new("sh");
+    let creds = cert_key.map_or(String::new(), |(c, k)| {
+        format!("-cert {} -key {}", c.display(), k.display())
+    });
+    cmd.arg("-c").arg(format!(
+        "(printf 'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'; sleep 1) | \
+         openssl s_client -connect 127.0.0.1:{} -CAfile {} {creds} -quiet 2>&1",
+        a.api,
+        a.dir.join(STATION).join("ca.pem").display()
+    ));
+    String::from_utf8_lossy(&run(&mut cmd).stdout).into_owned()
+}
+
+fn metric(a: &Running, line_prefix: &str) -> u64 {
+    let (_, text) = a.publication("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn stations_get_certificates_over_mtls_and_est_and_record_what_they_did() {
+    let mut a = Running::start();
+    let tmp = a.tmp.path().to_owned();
+    let serial = "VBUS-CPU-2412-000001";
+    let uuid = "6f9619ff-8b86-4011-b42d-00c04fc96401";
+    let (pem, _) = device_csr(&tmp, serial, uuid);
+    let body = issue_body(&pem, uuid);
+    let path = format!("/v1/devices/{serial}/certificate");
+    let post = |body: &str| {
+        a.curl(
+            Some(STATION),
+            &path,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ],
+        )
+    };
+
+    let (status, first) = post(&body);
+    assert_eq!(status, 201, "{first}");
+    let first = json(&first);
+    assert_eq!(first["newly_issued"], true);
+    let verified = openssl_verify(
+        &a.dir,
+        first["certificate"].as_str().unwrap(),
+        first["chain"].as_str().unwrap(),
+    );
+    assert!(verified.contains(": OK"), "{verified}");
+    assert_eq!(
+        first["chain"].as_str().unwrap(),
+        std::fs::read_to_string(a.dir.join("ca/chain.pem")).unwrap()
+    );
+    // The same request again: the same certificate, 200.
+    let (status, again) = post(&body);
+    assert_eq!(status, 200, "{again}");
+    let again = json(&again);
+    assert_eq!(again["serial_number"], first["serial_number"]);
+    assert_eq!(again["certificate"], first["certificate"]);
+    assert_eq!(again["newly_issued"], false);
+
+    // The provisioning record, and the device lookup that returns it.
+    let record = r#"{"firmware_version":"1.4.2","operator":"op-17","steps":[{"name":"boot","passed":true},{"name":"vbat","passed":true,"value":3.31,"unit":"V"}],"component_lots":[{"component":"U1","lot":"L2411-07"}]}"#;
+    let (status, receipt) = a.curl(
+        Some(STATION),
+        &format!("/v1/devices/{serial}/record"),
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            record,
+        ],
+    );
+    assert_eq!(status, 201, "{receipt}");
+    assert_eq!(json(&receipt)["sha256"].as_str().unwrap().len(), 64);
+    let (status, device) = a.curl(Some(STATION), &format!("/v1/devices/{serial}"), &[]);
+    assert_eq!(status, 200, "{device}");
+    let device = json(&device);
+    assert_eq!(device["station"], "station-01");
+    assert_eq!(device["certificate"], first["serial_number"]);
+    assert_eq!(device["hw_uuid"], uuid);
+    assert_eq!(device["records"][0]["record"]["firmware_version"], "1.4.2");
+    assert_eq!(device["records"][0]["record"]["steps"][1]["value"], 3.31);
+    assert_eq!(device["records"][0]["station"], "station-01");
+
+    // EST with curl and openssl only.
+    let est_serial = "VBUS-PWR-2412-000002";
+    let (_, der) = device_csr(&tmp, est_serial, "6f9619ff-8b86-4011-b42d-00c04fc96402");
+    let b64 = tmp.join("csr.b64");
+    assert!(run(Command::new("openssl")
+        .args(["base64", "-in"])
+        .arg(&der)
+        .arg("-out")
+        .arg(&b64))
+    .status
+    .success());
+    let answer = tmp.join("enroll.b64");
+    let (status, _) = a.curl(
+        Some(STATION),
+        "/.well-known/est/simpleenroll",
+        &[
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &format!("@{}", b64.display()),
+            "-o",
+            answer.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        pkcs7_subjects(&tmp, &answer),
+        [format!("serialNumber = {est_serial}, CN = {est_serial}")]
+    );
+    let cacerts = tmp.join("cacerts.b64");
+    let (status, _) = a.curl(
+        Some(STATION),
+        "/.well-known/est/cacerts",
+        &["-o", cacerts.to_str().unwrap()],
+    );
+    assert_eq!(status, 200);
+    let mut subjects = pkcs7_subjects(&tmp, &cacerts);
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        [
+            "O = vBus, CN = vBus Manufacturing Intermediate CA",
+            "O = vBus, CN = vBus Root CA"
+        ]
+    );
+    // Re-enrolment with a new key: the development policy does not let
+    // stations do it without an officer.
+    let (_, der2) = device_csr(&tmp, "rekey", "6f9619ff-8b86-4011-b42d-00c04fc96402");
+    let _ = der2;
+    let rekey_pem = tmp.join("rekey.csr");
+    let rekey = tmp.join("rekey.b64");
+    // Same module serial and UUID, new key.
+    let out = run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+        ])
+        .arg(tmp.join("rekey.key"))
+        .args([
+            "-subj",
+            &format!("/serialNumber={est_serial}/CN={est_serial}"),
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=URI:urn:uuid:6f9619ff-8b86-4011-b42d-00c04fc96402",
+        ])
+        .args(["-outform", "DER", "-out"])
+        .arg(&rekey_pem));
+    assert!(out.status.success());
+    assert!(run(Command::new("openssl")
+        .args(["base64", "-in"])
+        .arg(&rekey_pem)
+        .arg("-out")
+        .arg(&rekey))
+    .status
+    .success());
+    let (status, refused) = a.curl(
+        Some(STATION),
+        "/.well-known/est/simplereenroll",
+        &[
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &format!("@{}", rekey.display()),
+        ],
+    );
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(json(&refused)["error"]["code"], "reenroll_not_permitted");
+
+    // Publication port: the chain and the counters.
+    assert_eq!(
+        a.publication("/ca/chain.pem").1,
+        std::fs::read_to_string(a.dir.join("ca/chain.pem")).unwrap()
+    );
+    assert_eq!(
+        metric(
+            &a,
+            "kms_requests_total{endpoint=\"/v1/devices/{serial}/certificate\",result=\"ok\"} "
+        ),
+        2
+    );
+    assert_eq!(
+        metric(
+            &a,
+            "kms_requests_total{endpoint=\"/.well-known/est/simplereenroll\",result=\"reenroll_not_permitted\"} "
+        ),
+        1
+    );
+    assert!(metric(&a, "kms_issuance_seconds_count ") >= 3);
+    assert!(metric(&a, "kms_audit_fsync_seconds_count ") >= 1);
+
+    // A clean stop seals the log: the newest checkpoint covers every record.
+    assert_eq!(a.stop().code(), Some(0));
+    let v = json(&ok(a.kmsctl(&["--json", "audit", "verify"])));
+    assert_eq!(v["records"], v["checkpointed"]);
+    let issued = ok(a.kmsctl(&[
+        "audit",
+        "show",
+        "--op",
+        "certificate.issue",
+        "--actor",
+        "station-01",
+    ]));
+    assert_eq!(issued.lines().count(), 4, "{issued}"); // new, repeat, EST new, refused re-enrolment
+}
+
+#[test]
+fn handshakes_without_a_valid_client_certificate_are_refused_and_revocation_is_immediate() {
+    let mut a = Running::start();
+    let tmp = a.tmp.path().to_owned();
+    let station = a.dir.join(STATION);
+    let good = s_client(
+        &a,
+        Some((&station.join("cert.pem"), &station.join("key.pem"))),
+    );
+    assert!(good.contains("HTTP/1.1 200 OK"), "{good}");
+
+    // No certificate.
+    let none = s_client(&a, None);
+    assert!(none.contains("alert certificate required"), "{none}");
+    // A certificate from another CA, with a station's name.
+    let other_key = tmp.join("other.key");
+    let other = tmp.join("other.pem");
+    assert!(run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=station-01/OU=station",
+            "-keyout"
+        ])
+        .arg(&other_key)
+        .arg("-out")
+        .arg(&other))
+    .status
+    .success());
+    let foreign = s_client(&a, Some((&other, &other_key)));
+    assert!(foreign.contains("alert certificate unknown"), "{foreign}");
+
+    // Enrol a station while kmsd runs, use it, revoke it: refused from the
+    // next handshake, and still after a restart.
+    let out = ok(a.kmsctl(&["station", "add", "station-02", "--modules", "PWR"]));
+    assert!(out.contains("station station-02: certificate"), "{out}");
+    let policy = std::fs::read_to_string(a.dir.join("policy.toml")).unwrap();
+    assert!(
+        policy.contains("\"station-02\" = [\"station\"]")
+            || policy.contains("station-02 = [\"station\"]"),
+        "{policy}"
+    );
+    let s2 = a.dir.join("stations/station-02");
+    assert_eq!(
+        std::fs::metadata(s2.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let s2_pair = (s2.join("cert.pem"), s2.join("key.pem"));
+    assert!(s_client(&a, Some((&s2_pair.0, &s2_pair.1))).contains("HTTP/1.1 200 OK"));
+    let listed = ok(a.kmsctl(&["--json", "station", "list"]));
+    let listed = json(&listed);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    let out = ok(a.kmsctl(&["station", "revoke", "station-02"]));
+    assert!(out.contains("1 certificate(s) revoked"), "{out}");
+    let revoked = s_client(&a, Some((&s2_pair.0, &s2_pair.1)));
+    assert!(revoked.contains("alert certificate revoked"), "{revoked}");
+    // Revoking again is reported, not an error.
+    assert!(ok(a.kmsctl(&["station", "revoke", "station-02"])).contains("0 certificate(s) revoked"));
+
+    assert_eq!(
+        metric(
+            &a,
+            "kms_tls_handshakes_refused_total{reason=\"no_certificate\"} "
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &a,
+            "kms_tls_handshakes_refused_total{reason=\"untrusted\"} "
+        ),
+        1
+    );
+    assert_eq!(
+        metric(&a, "kms_tls_handshakes_refused_total{reason=\"revoked\"} "),
+        1
+    );
+
+    assert_eq!(a.stop().code(), Some(0));
+    a.restart();
+    let after = s_client(&a, Some((&s2_pair.0, &s2_pair.1)));
+    assert!(after.contains("alert certificate revoked"), "{after}");
+    assert!(s_client(
+        &a,
+        Some((&station.join("cert.pem"), &station.join("key.pem")))
+    )
+    .contains("HTTP/1.1 200 OK"));
+}
+
+use std::os::unix::fs::PermissionsExt as _;
+
+/// Audit records so far.
+fn records(a: &Running) -> usize {
+    ok(a.kmsctl(&["audit", "show"])).lines().count()
+}
+
+#[test]
+fn bad_requests_get_their_status_and_code_and_change_nothing_but_the_audit_log() {
+    let a = Running::start();
+    let tmp = a.tmp.path().to_owned();
+    // station-02 may provision PWR modules of one serial range only.
+    ok(a.kmsctl(&["station", "add", "station-02", "--modules", "PWR"]));
+    let policy = std::fs::read_to_string(a.dir.join("policy.toml"))
+        .unwrap()
+        .replace(
+            "modules = [\"PWR\"]",
+            "modules = [\"PWR\"]\nserials = [\"VBUS-PWR-2412-000100..000199\"]",
+        );
+    std::fs::write(a.dir.join("policy.toml"), policy).unwrap();
+    ok(a.kmsctl(&["policy", "reload"]));
+    // One device certified by station-01, for the lookup by another station.
+    let owned = "VBUS-CPU-2412-000500";
+    let (pem, _) = device_csr(&tmp, owned, "6f9619ff-8b86-4011-b42d-00c04fc96500");
+    let (status, _) = a.curl(
+        Some(STATION),
+        &format!("/v1/devices/{owned}/certificate"),
+        &[
+            "--data-binary",
+            &issue_body(&pem, "6f9619ff-8b86-4011-b42d-00c04fc96500"),
+        ],
+    );
+    assert_eq!(status, 201);
+
+    let csr_for = |serial: &str, n: u32| {
+        let uuid = format!("6f9619ff-8b86-4011-b42d-00c04fc9{n:04}");
+        let (pem, _) = device_csr(&tmp, serial, &uuid);
+        issue_body(&pem, &uuid)
+    };
+    let big = "x".repeat(70 * 1024);
+    let other_serial_csr = {
+        let (pem, _) = device_csr(
+            &tmp,
+            "VBUS-CPU-2412-000099",
+            "6f9619ff-8b86-4011-b42d-00c04fc90099",
+        );
+        issue_body(&pem, "6f9619ff-8b86-4011-b42d-00c04fc90013")
+    };
+    let garbage = tmp.join("garbage.b64");
+    std::fs::write(&garbage, "%%% not base64 %%%").unwrap();
+    let post = |body: String| vec!["--data-binary".to_owned(), body];
+    // (who, method, path, curl args, status, code, audit records written)
+    type Row = (
+        &'static str,
+        &'static str,
+        String,
+        Vec<String>,
+        u16,
+        &'static str,
+        usize,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "stations/station-02",
+            "POST",
+            "/v1/devices/VBUS-CPU-2412-000010/certificate".into(),
+            post(csr_for("VBUS-CPU-2412-000010", 10)),
+            403,
+            "module_not_allowed",
+            1,
+        ),
+        (
+            "stations/station-02",
+            "POST",
+            "/v1/devices/VBUS-PWR-2412-000300/certificate".into(),
+            post(csr_for("VBUS-PWR-2412-000300", 11)),
+            403,
+            "serial_not_allowed",
+            1,
+        ),
+        (
+            STATION,
+            "POST",
+            "/v1/devices/VBUS-CPU-2412-000011/certificate".into(),
+            post("{not json".into()),
+            400,
+            "malformed_request",
+            1,
+        ),
+        (
+            STATION,
+            "POST",
+            "/v1/devices/VBUS-CPU-2412-000011/certificate".into(),
+            post(big.clone()),
+            413,
+            "body_too_large",
+            1,
+        ),
+        (
+            STATION,
+            "POST",
+            "/v1/devices/VBUS-CPU-2412-000012/certificate".into(),
+            post(other_serial_csr),
+            400,
+            "csr_subject_mismatch",
+            1,
+        ),
+        (
+            STATION,
+            "GET",
+            "/v1/nowhere".into(),
+            vec![],
+            404,
+            "not_found",
+            0,
+        ),
+        (
+            STATION,
+            "DELETE",
+            "/v1/devices/VBUS-CPU-2412-000011".into(),
+            vec![],
+            405,
+            "method_not_allowed",
+            0,
+        ),
+        (
+            STATION,
+            "POST",
+            "/.well-known/est/simpleenroll".into(),
+            vec![
+                "-H".into(),
+                "Content-Type: text/plain".into(),
+                "--data-binary".into(),
+                "abc".into(),
+            ],
+            415,
+            "unsupported_media_type",
+            1,
+        ),
+        (
+            STATION,
+            "POST",
+            "/.well-known/est/simpleenroll".into(),
+            vec![
+                "-H".into(),
+                "Content-Type: application/pkcs10".into(),
+                "--data-binary".into(),
+                format!("@{}", garbage.display()),
+            ],
+            400,
+            "csr_malformed",
+            1,
+        ),
+        (
+            "stations/station-02",
+            "GET",
+            format!("/v1/devices/{owned}"),
+            vec![],
+            403,
+            "module_not_allowed",
+            1,
+        ),
+        (
+            STATION,
+            "POST",
+            "/v1/devices/VBUS-CPU-2412-000013/record".into(),
+            post(r#"{"firmware_version":"1","operator":"o","steps":[]}"#.into()),
+            404,
+            "device_not_found",
+            1,
+        ),
+        (
+            STATION,
+            "POST",
+            format!("/v1/devices/{owned}/record"),
+            post(r#"{"firmware_version":"1","operator":"o","steps":[],"extra":1}"#.into()),
+            400,
+            "malformed_request",
+            1,
+        ),
+        (
+            "officer",
+            "POST",
+            "/v1/devices/VBUS-CPU-2412-000014/certificate".into(),
+            post(csr_for("VBUS-CPU-2412-000014", 14)),
+            403,
+            "role_not_permitted",
+            1,
+        ),
+    ];
+    let issued_before = ok(a.kmsctl(&["audit", "show", "--op", "certificate.issue"]))
+        .lines()
+        .filter(|l| l.contains(r#""result":"ok""#))
+        .count();
+    for (who, method, path, args, status, code, written) in rows {
+        let before = records(&a);
+        let mut curl_args: Vec<&str> = vec!["-X", method];
+        curl_args.extend(args.iter().map(String::as_str));
+        let (got, body) = a.curl(Some(who), &path, &curl_args);
+        assert_eq!(got, status, "{method} {path}: {body}");
+        assert_eq!(
+            json(&body)["error"]["code"],
+            code,
+            "{method} {path}: {body}"
+        );
+        assert_eq!(
+            records(&a) - before,
+            written,
+            "{method} {path}: audit records"
+        );
+        if written == 1 {
+            let last = ok(a.kmsctl(&["audit", "show"]))
+                .lines()
+                .last()
+                .unwrap()
+                .to_owned();
+            assert!(last.contains(&format!(r#""result":"{code}""#)), "{last}");
+        }
+    }
+    // Nothing was issued or stored by any of them.
+    let issued_after = ok(a.kmsctl(&["audit", "show", "--op", "certificate.issue"]))
+        .lines()
+        .filter(|l| l.contains(r#""result":"ok""#))
+        .count();
+    assert_eq!(issued_after, issued_before);
+    for serial in [
+        "VBUS-CPU-2412-000010",
+        "VBUS-PWR-2412-000300",
+        "VBUS-CPU-2412-000011",
+        "VBUS-CPU-2412-000012",
+        "VBUS-CPU-2412-000014",
+    ] {
+        let out = a.kmsctl(&["device", "show", serial]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("error[device_not_found]"),
+            "{serial}"
+        );
+    }
+    let device = json(&ok(a.kmsctl(&["device", "show", owned])));
+    assert_eq!(device["records"].as_array().unwrap().len(), 0);
+    // And the service is still up.
+    assert_eq!(a.curl(Some(STATION), "/healthz", &[]).0, 200);
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_the_service_stays_up() {
+    let mut a = Running::start_with(|dir| {
+        let cfg = std::fs::read_to_string(dir.join("kmsd.toml")).unwrap().replacen(
+            "[server]\n",
+            "[server]\nrequest_timeout_ms = 2000\nhandshake_timeout_ms = 2000\nheader_timeout_ms = 2000\n",
+            1,
+        );
+        std::fs::write(dir.join("kmsd.toml"), cfg).unwrap();
+    });
+    let station = a.dir.join(STATION);
+    // A client sending its body one byte per second: 408 request_timeout.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "(printf 'POST /v1/devices/VBUS-CPU-2412-000001/record HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 100\\r\\n\\r\\n'; \
+          for i in 1 2 3 4 5 6; do printf x; sleep 1; done) | \
+         openssl s_client -connect 127.0.0.1:{} -CAfile {c}/ca.pem -cert {c}/cert.pem -key {c}/key.pem -quiet 2>&1",
+        a.api,
+        c = station.display()
+    ));
+    let slow = String::from_utf8_lossy(&run(&mut cmd).stdout).into_owned();
+    assert!(slow.contains("HTTP/1.1 408"), "{slow}");
+    assert!(slow.contains("request_timeout"), "{slow}");
+
+    // 1,000 idle connections that never start TLS.
+    let pid = a.service.as_ref().unwrap().0.id();
+    let rss = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
+            .unwrap()
+    };
+    let before = rss();
+    let idle: Vec<_> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", a.api)).unwrap())
+        .collect();
+    // A real station still gets through while they sit there.
+    let (status, body) = a.curl(Some(STATION), "/healthz", &[]);
+    assert_eq!(status, 200, "{body}");
+    let during = rss();
+    assert!(
+        during < before + 64 * 1024,
+        "RSS grew from {before} kB to {during} kB"
+    );
+    // The handshake timeout closes them: each reads EOF.
+    for mut s in idle.into_iter().take(10) {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    let timeouts = metric(&a, "kms_tls_handshakes_refused_total{reason=\"timeout\"} ");
+    assert!(timeouts >= 10, "{}", a.publication("/metrics").1);
+    assert_eq!(a.curl(Some(STATION), "/healthz", &[]).0, 200);
+    assert_eq!(a.stop().code(), Some(0));
+}
