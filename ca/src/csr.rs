@@ -67,6 +67,19 @@ pub fn key_type(input: &[u8]) -> Result<KeyType> {
     classify_key(&csr)
 }
 
+/// SHA-256 (hex) of the CSR's SubjectPublicKeyInfo, read without any other
+/// check: how a repeated request is recognised before the policy counts it.
+pub fn spki_sha256(input: &[u8]) -> Result<String> {
+    let der = decode(input)?;
+    let csr = CertReq::from_der(&der).map_err(|e| Error::CsrMalformed(e.to_string()))?;
+    let spki = csr
+        .info
+        .public_key
+        .to_der()
+        .map_err(|e| Error::CsrMalformed(e.to_string()))?;
+    Ok(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spki)))
+}
+
 /// Parse and check `input` for a device of `serial` / `uuid` under `profile`.
 pub fn check(
     input: &[u8],

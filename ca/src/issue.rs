@@ -466,6 +466,19 @@ impl Ca {
         })
     }
 
+    /// Whether `req` repeats an answered request: the device is certified
+    /// for the very key in the CSR and the same hardware UUID (issuing
+    /// would return the stored certificate). A CSR that cannot be read is
+    /// not a repeat.
+    pub fn is_repeat(&self, req: &IssueRequest<'_>) -> Result<bool> {
+        let Ok(key_hash) = csr::spki_sha256(req.csr) else {
+            return Ok(false);
+        };
+        Ok(self.device(req.module_serial)?.is_some_and(|d| {
+            d.public_key_sha256 == key_hash && d.hw_uuid.eq_ignore_ascii_case(req.hw_uuid)
+        }))
+    }
+
     /// The device record of `module_serial`.
     pub fn device(&self, module_serial: &str) -> Result<Option<DeviceRecord>> {
         self.store

@@ -147,7 +147,18 @@ pub fn issue(
         )?;
         Err(e)
     };
+    // A repeat of an answered request gets its certificate back under the
+    // station rules alone: it issues nothing, so no quota or key-type rule.
+    let repeat = !reenroll && ca.is_repeat(req)?;
     let admitted = match ca::csr_key_type(req.csr) {
+        Ok(_) if repeat => policy
+            .check(
+                caller,
+                &Action::DeviceRecord {
+                    module_serial: req.module_serial,
+                },
+            )
+            .map(|()| policies::Admission::default()),
         Ok(key_type) => {
             let (module_serial, key_type) = (req.module_serial, key_type.as_str());
             policy.admit(

@@ -191,7 +191,9 @@ impl Drop for Reservation {
 /// a quota). Call [`Admission::keep`] once the certificate is issued; an
 /// admission dropped without `keep` gives its slot back (a request that
 /// failed, or returned an already-issued certificate, does not count).
-#[derive(Debug)]
+/// `Admission::default()` holds no slot and no terms: for an action that
+/// issues nothing.
+#[derive(Debug, Default)]
 #[must_use = "dropping an Admission gives its quota slot back; call keep() once issued"]
 pub struct Admission {
     /// The terms of the allowed action.

@@ -251,7 +251,12 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
     // The first start makes the TLS server credential.
     assert_eq!(
         service,
-        ["service.start", "policy.load", "credential.issue", "service.stop"]
+        [
+            "service.start",
+            "policy.load",
+            "credential.issue",
+            "service.stop"
+        ]
     );
     let verified = kmsctl(&["--json", "audit", "verify"]);
     let v: serde_json::Value = serde_json::from_str(&verified).unwrap();

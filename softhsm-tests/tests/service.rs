@@ -152,30 +152,10 @@ fn stations_get_certificates_over_mtls_and_est_and_record_what_they_did() {
     // EST with curl and openssl only.
     let est_serial = "VBUS-PWR-2412-000002";
     let (_, der) = device_csr(&tmp, est_serial, "6f9619ff-8b86-4011-b42d-00c04fc96402");
-    let b64 = tmp.join("csr.b64");
-    assert!(run(Command::new("openssl")
-        .args(["base64", "-in"])
-        .arg(&der)
-        .arg("-out")
-        .arg(&b64))
-    .status
-    .success());
-    let answer = tmp.join("enroll.b64");
-    let (status, _) = a.curl(
-        Some(STATION),
-        "/.well-known/est/simpleenroll",
-        &[
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            &format!("@{}", b64.display()),
-            "-o",
-            answer.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(status, 200);
+    let (status, subjects, body) = est_enroll(&a, "simpleenroll", &der);
+    assert_eq!(status, 200, "{body}");
     assert_eq!(
-        pkcs7_subjects(&tmp, &answer),
+        subjects,
         [format!("serialNumber = {est_serial}, CN = {est_serial}")]
     );
     let cacerts = tmp.join("cacerts.b64");
@@ -196,51 +176,15 @@ fn stations_get_certificates_over_mtls_and_est_and_record_what_they_did() {
     );
     // Re-enrolment with a new key: the development policy does not let
     // stations do it without an officer.
-    let (_, der2) = device_csr(&tmp, "rekey", "6f9619ff-8b86-4011-b42d-00c04fc96402");
-    let _ = der2;
-    let rekey_pem = tmp.join("rekey.csr");
-    let rekey = tmp.join("rekey.b64");
-    // Same module serial and UUID, new key.
-    let out = run(Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-        ])
-        .arg(tmp.join("rekey.key"))
-        .args([
-            "-subj",
-            &format!("/serialNumber={est_serial}/CN={est_serial}"),
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=URI:urn:uuid:6f9619ff-8b86-4011-b42d-00c04fc96402",
-        ])
-        .args(["-outform", "DER", "-out"])
-        .arg(&rekey_pem));
-    assert!(out.status.success());
-    assert!(run(Command::new("openssl")
-        .args(["base64", "-in"])
-        .arg(&rekey_pem)
-        .arg("-out")
-        .arg(&rekey))
-    .status
-    .success());
-    let (status, refused) = a.curl(
-        Some(STATION),
-        "/.well-known/est/simplereenroll",
-        &[
-            "-H",
-            "Content-Type: application/pkcs10",
-            "--data-binary",
-            &format!("@{}", rekey.display()),
-        ],
+    // Same module serial and UUID, a new key.
+    let rekey_dir = tmp.join("rekey");
+    std::fs::create_dir(&rekey_dir).unwrap();
+    let (_, rekey) = device_csr(
+        &rekey_dir,
+        est_serial,
+        "6f9619ff-8b86-4011-b42d-00c04fc96402",
     );
+    let (status, _, refused) = est_enroll(&a, "simplereenroll", &rekey);
     assert_eq!(status, 403, "{refused}");
     assert_eq!(json(&refused)["error"]["code"], "reenroll_not_permitted");
 
@@ -686,4 +630,87 @@ fn slow_and_idle_clients_are_cut_off_and_the_service_stays_up() {
     assert!(timeouts >= 10, "{}", a.publication("/metrics").1);
     assert_eq!(a.curl(Some(STATION), "/healthz", &[]).0, 200);
     assert_eq!(a.stop().code(), Some(0));
+}
+
+/// POST a DER CSR, base64, to an EST enrolment endpoint; (status, the
+/// subjects of the PKCS#7 answer, or the error body).
+fn est_enroll(a: &Running, endpoint: &str, der: &Path) -> (u16, Vec<String>, String) {
+    let tmp = a.tmp.path();
+    let b64 = der.with_extension("b64");
+    assert!(run(Command::new("openssl")
+        .args(["base64", "-in"])
+        .arg(der)
+        .arg("-out")
+        .arg(&b64))
+    .status
+    .success());
+    let answer = der.with_extension("p7.b64");
+    let (status, body) = a.curl(
+        Some(STATION),
+        &format!("/.well-known/est/{endpoint}"),
+        &[
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &format!("@{}", b64.display()),
+            "-o",
+            answer.to_str().unwrap(),
+        ],
+    );
+    if status == 200 {
+        (status, pkcs7_subjects(tmp, &answer), body)
+    } else {
+        (
+            status,
+            vec![],
+            std::fs::read_to_string(&answer).unwrap_or(body),
+        )
+    }
+}
+
+#[test]
+fn est_reenrolment_certifies_a_new_key_when_the_policy_allows_it() {
+    let a = Running::start_with(|dir| {
+        let p = std::fs::read_to_string(dir.join("policy.toml"))
+            .unwrap()
+            .replace(
+                "stations_may_reenroll = false",
+                "stations_may_reenroll = true",
+            );
+        std::fs::write(dir.join("policy.toml"), p).unwrap();
+    });
+    let tmp = a.tmp.path().to_owned();
+    let serial = "VBUS-PERIPH-2412-000042";
+    let uuid = "6f9619ff-8b86-4011-b42d-00c04fc96442";
+    let (_, first) = device_csr(&tmp, serial, uuid);
+    let (status, subjects, body) = est_enroll(&a, "simpleenroll", &first);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        subjects,
+        [format!("serialNumber = {serial}, CN = {serial}")]
+    );
+    let before = json(&ok(a.kmsctl(&["device", "show", serial])));
+
+    let rekey_dir = tmp.join("rekey");
+    std::fs::create_dir(&rekey_dir).unwrap();
+    let (_, second) = device_csr(&rekey_dir, serial, uuid);
+    let (status, _, body) = est_enroll(&a, "simplereenroll", &second);
+    assert_eq!(status, 200, "{body}");
+    let after = json(&ok(a.kmsctl(&["device", "show", serial])));
+    assert_eq!(
+        after["certificates"].as_array().unwrap().len(),
+        2,
+        "{after}"
+    );
+    assert_ne!(after["certificate"], before["certificate"]);
+
+    // Re-enrolling a device that was never certified is not an enrolment.
+    let (_, stranger) = device_csr(
+        &tmp,
+        "VBUS-PERIPH-2412-000043",
+        "6f9619ff-8b86-4011-b42d-00c04fc96443",
+    );
+    let (status, _, body) = est_enroll(&a, "simplereenroll", &stranger);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "device_not_found");
 }
