@@ -714,3 +714,38 @@ fn est_reenrolment_certifies_a_new_key_when_the_policy_allows_it() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(json(&body)["error"]["code"], "device_not_found");
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_then_seals_the_log() {
+    let mut a = Running::start();
+    let station = a.dir.join(STATION);
+    // A request whose body takes two seconds to arrive.
+    let body = r#"{"firmware_version":"1","operator":"o","steps":[]}"#;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "(printf 'POST /v1/devices/VBUS-CPU-2412-000077/record HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\nContent-Length: {len}\\r\\n\\r\\n'; \
+          sleep 2; printf '%s' '{body}'; sleep 2) | \
+         openssl s_client -connect 127.0.0.1:{port} -CAfile {c}/ca.pem -cert {c}/cert.pem -key {c}/key.pem -quiet 2>&1",
+        len = body.len(),
+        port = a.api,
+        c = station.display()
+    ));
+    let client = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // SIGTERM while the body is still on its way.
+    let status = a.stop();
+    let out = client.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("HTTP/1.1 404"), "{out}");
+    assert!(out.contains("device_not_found"), "{out}");
+    assert_eq!(status.code(), Some(0));
+    // The refusal is in the log, before the stop, and the last checkpoint
+    // covers everything.
+    let ops: Vec<String> = ok(a.kmsctl(&["audit", "show"]))
+        .lines()
+        .map(|l| json(l)["op"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(&ops[ops.len() - 2..], ["device.record", "service.stop"]);
+    let v = json(&ok(a.kmsctl(&["--json", "audit", "verify"])));
+    assert_eq!(v["records"], v["checkpointed"]);
+}
