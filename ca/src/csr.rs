@@ -261,11 +261,9 @@ fn check_signature_algorithm(csr: &CertReq, key: KeyType) -> Result<()> {
 fn verify(key: KeyType, public_key: &[u8], message: &[u8], signature: &[u8]) -> Result<()> {
     let ok = match key {
         KeyType::EcdsaP256 => {
-            use p256::ecdsa::signature::Verifier;
-            let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key)
+            p256::PublicKey::from_sec1_bytes(public_key)
                 .map_err(|_| Error::KeyInvalid("P-256 point".into()))?;
-            p256::ecdsa::Signature::from_der(signature)
-                .is_ok_and(|sig| vk.verify(message, &sig).is_ok())
+            crate::signer::ecdsa_p256_sha256_verify(public_key, message, signature)
         }
         KeyType::Ed25519 => {
             let raw: [u8; 32] = public_key

@@ -129,6 +129,30 @@ impl<S: Signer + ?Sized> rcgen::SigningKey for RcgenSigner<'_, S> {
     }
 }
 
+/// ECDSA P-256 with SHA-256 over `message`, `signature` DER-encoded, for a
+/// SEC1 point already known to be on the curve. ring's verifier (assembly,
+/// about four times the pure-Rust one on this hardware) for uncompressed
+/// points; the pure-Rust one for compressed points, which ring does not take.
+pub(crate) fn ecdsa_p256_sha256_verify(
+    public_key_raw: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    if public_key_raw.first() == Some(&0x04) {
+        return ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            public_key_raw,
+        )
+        .verify(message, signature)
+        .is_ok();
+    }
+    use p256::ecdsa::signature::Verifier;
+    let Ok(vk) = p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key_raw) else {
+        return false;
+    };
+    p256::ecdsa::Signature::from_der(signature).is_ok_and(|sig| vk.verify(message, &sig).is_ok())
+}
+
 /// Does `signature` over `message` verify with the signer's public key?
 pub fn verify_signature(
     alg: SignatureAlgorithm,
@@ -138,12 +162,8 @@ pub fn verify_signature(
 ) -> bool {
     match alg {
         SignatureAlgorithm::EcdsaP256Sha256 => {
-            use p256::ecdsa::signature::Verifier;
-            let Ok(vk) = p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key_raw) else {
-                return false;
-            };
-            p256::ecdsa::Signature::from_der(signature)
-                .is_ok_and(|sig| vk.verify(message, &sig).is_ok())
+            p256::PublicKey::from_sec1_bytes(public_key_raw).is_ok()
+                && ecdsa_p256_sha256_verify(public_key_raw, message, signature)
         }
         SignatureAlgorithm::Ed25519 => {
             let Ok(raw) = <[u8; 32]>::try_from(public_key_raw) else {
