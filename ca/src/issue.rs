@@ -118,7 +118,14 @@ pub struct Ca {
     issuer_subject_der: Vec<u8>,
     issuer_key_id: Vec<u8>,
     issuer_not_after: OffsetDateTime,
+    /// Requests for the same module serial run one at a time (striped by a
+    /// hash of the serial), so a retried request that overlaps the first
+    /// sees its certificate instead of signing and journaling a second.
+    stripes: Vec<std::sync::Mutex<()>>,
 }
+
+/// Lock stripes for concurrent requests.
+const STRIPES: usize = 256;
 
 fn lowercase_hex_serial(der_integer_content: &[u8]) -> String {
     let m = check::magnitude(der_integer_content);
@@ -180,12 +187,22 @@ impl Ca {
             issuer_params,
             issuer_key_id,
             issuer_not_after,
+            stripes: (0..STRIPES).map(|_| std::sync::Mutex::new(())).collect(),
         })
     }
 
     /// Check a request and issue, or return the stored certificate when the
     /// same device asks again with the same key. A refusal changes nothing.
     pub fn issue(&self, req: &IssueRequest<'_>, journal: &dyn Journal) -> Result<Issued> {
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            req.module_serial.hash(&mut h);
+            (h.finish() as usize) % STRIPES
+        };
+        let _one_at_a_time = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let now = self.clock.now();
         let module = ModuleSerial::parse(req.module_serial, now)?;
         let profile = self.settings.profiles.get(module.module_type())?;
@@ -501,7 +518,7 @@ impl Ca {
 
     /// Let the device get one certificate for a new key (officer decision).
     pub fn allow_reissue(&self, module_serial: &str) -> Result<()> {
-        loop {
+        for _ in 0..16 {
             let old = self
                 .device(module_serial)?
                 .ok_or_else(|| Error::DeviceNotFound(module_serial.into()))?;
@@ -517,22 +534,38 @@ impl Ca {
                 return Ok(());
             }
         }
+        Err(Error::Store(store::Error::Corrupt(format!(
+            "device {module_serial} keeps changing under us"
+        ))))
     }
 
     /// Store a certificate the journal holds but the store lacks (after a
-    /// crash between the two). Returns false when it is already stored.
+    /// crash between the two). Returns false when it is already stored, or
+    /// when it lost to another certificate for the same device, key or
+    /// UUID (two overlapping requests both journaled; the store kept the
+    /// first and answered both with it): such a certificate was never given
+    /// to anyone and stays only in the log.
     pub fn restore(&self, record: &CertificateRecord) -> Result<bool> {
         if self.certificate(&record.serial_number)?.is_some() {
             return Ok(false);
         }
         let old = self.device(&record.module_serial)?;
-        match self.commit(record, old.as_ref())? {
-            Ok(()) => Ok(true),
-            Err(c) => Err(Error::Store(store::Error::Corrupt(format!(
-                "cannot restore certificate {}: {:?} conflicts",
-                record.serial_number, c.tree
-            )))),
+        let owned_by_other = |tree: Tree, key: &str| -> Result<bool> {
+            Ok(self
+                .owner(tree, key.as_bytes())?
+                .is_some_and(|owner| owner != record.module_serial))
+        };
+        // The device moved on to this very key already, or the key or UUID
+        // belongs to another device: the store's answer stands.
+        let superseded = old
+            .as_ref()
+            .is_some_and(|d| d.public_key_sha256 == record.public_key_sha256)
+            || owned_by_other(Tree::PublicKeys, &record.public_key_sha256)?
+            || owned_by_other(Tree::HardwareIds, &record.hw_uuid)?;
+        if superseded {
+            return Ok(false);
         }
+        Ok(self.commit(record, old.as_ref())?.is_ok())
     }
 
     /// The issuing certificate (DER).

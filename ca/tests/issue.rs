@@ -667,3 +667,44 @@ fn policy_validity_shortens_but_never_lengthens_the_profile() {
         );
     }
 }
+
+#[test]
+fn a_journaled_certificate_that_lost_to_another_is_not_restored() {
+    // Two overlapping requests for the same device and key both journaled;
+    // the store kept the first. Replaying the second must change nothing.
+    let h = hierarchy();
+    let store = Arc::new(MemoryStore::new());
+    let ca = new_ca(&h, store.clone(), ca::DEFAULT_PROFILES);
+    let journal = ca::testing::MemoryJournal::default();
+    let id = uuid();
+    let req_csr = csr(&SoftP256::generate(), CPU, &id);
+    ca.issue(
+        &IssueRequest {
+            module_serial: CPU,
+            hw_uuid: &id,
+            csr: &req_csr,
+            validity_days: None,
+            requested_by: "station-01",
+            new_key_allowed: false,
+        },
+        &journal,
+    )
+    .unwrap();
+    let winner = journal.0.lock().unwrap()[0].clone();
+    let before = store.snapshot().unwrap();
+    let loser = ca::CertificateRecord {
+        serial_number: "7f".repeat(16),
+        ..winner.clone()
+    };
+    assert!(!ca.restore(&loser).unwrap());
+    // Another device's record claiming the same key or UUID: not restored either.
+    let thief = ca::CertificateRecord {
+        serial_number: "6e".repeat(16),
+        module_serial: "VBUS-CPU-2412-000999".into(),
+        ..winner.clone()
+    };
+    assert!(!ca.restore(&thief).unwrap());
+    assert_eq!(store.snapshot().unwrap(), before);
+    // The winner itself is already there.
+    assert!(!ca.restore(&winner).unwrap());
+}

@@ -5,7 +5,8 @@
 //! A Unix domain socket, mode 0600 in a directory only the service user can
 //! write: whoever can connect is the appliance's operator. The caller names
 //! itself (`x-kms-actor`, `local:<user>`); the service adds the peer's uid
-//! from the kernel to the audit record. HTTP/1.1 and JSON, like the API, so
+//! from the kernel (`local:<user>/uid=<uid>` in the audit record) and serves
+//! only its own uid and root. HTTP/1.1 and JSON, like the API, so
 //! the error body and codes are the ones of [`crate::http::error_response`].
 
 use std::io::{Read, Write};
@@ -209,13 +210,30 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-fn caller(headers: &HeaderMap) -> Caller {
+/// The caller: the name it gives (`local:<user>`) with the uid the kernel
+/// gives, as the audit actor `local:<user>/uid=<uid>`.
+fn caller(headers: &HeaderMap, peer: PeerUid) -> Caller {
     let claimed = headers
         .get(ACTOR_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.starts_with("local:") && v.len() <= 64 && !v.contains(char::is_control))
         .unwrap_or("local:unknown");
-    Caller::Local(claimed.to_owned())
+    match peer.0 {
+        Some(uid) => Caller::Local(format!("{claimed}/uid={uid}")),
+        None => Caller::Local(format!("{claimed}/uid=unknown")),
+    }
+}
+
+/// Our own uid (from /proc/self/status: no libc needed).
+fn own_uid() -> Option<u32> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The effective policy as JSON: hash, human text, machine view.
@@ -233,7 +251,14 @@ async fn handle(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let who = caller(&headers);
+    // The socket is 0600 already; refuse anyone but our user and root anyway.
+    if !matches!(peer.0, Some(uid) if uid == 0 || Some(uid) == own_uid()) {
+        tracing::warn!(uid = ?peer.0, "admin socket: peer refused");
+        return error_response(&Error::InvalidInput(
+            "the admin socket serves the service's own user and root only".into(),
+        ));
+    }
+    let who = caller(&headers, peer);
     let req: Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error_response(&Error::MalformedRequest(format!("admin request: {e}"))),

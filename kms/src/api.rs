@@ -32,16 +32,26 @@ const EST_REENROLL_OP: &str = "est.simplereenroll";
 struct Api {
     app: Arc<Appliance>,
     body_limit: usize,
+    body_timeout: Duration,
+    /// `/cacerts`, built once.
+    cacerts: Arc<Result<Vec<u8>>>,
 }
 
 /// The API router (served by [`crate::server::serve_api`]).
 pub fn router(app: Arc<Appliance>) -> Router {
     let limits = app.cfg.server.clone();
+    let cacerts = (|| {
+        let files = crate::ceremony::CaFiles::of(&app.cfg);
+        let inter = crate::ceremony::read_cert(&files.intermediate)?;
+        let root = crate::ceremony::read_cert(&files.root)?;
+        Ok(ca::est::certs_only(&[&inter, &root])?)
+    })();
     let api = Api {
         app: app.clone(),
         body_limit: limits.body_limit,
+        body_timeout: Duration::from_millis(limits.request_timeout_ms),
+        cacerts: Arc::new(cacerts),
     };
-    let timeout = Duration::from_millis(limits.request_timeout_ms);
     Router::new()
         .route("/v1/devices/{serial}/certificate", post(issue))
         .route("/v1/devices/{serial}/record", post(record))
@@ -60,21 +70,43 @@ pub fn router(app: Arc<Appliance>) -> Router {
         .method_not_allowed_fallback(|req: Request| async move {
             error_response(&Error::MethodNotAllowed(req.method().to_string()))
         })
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            deadline(timeout, req, next)
-        }))
+        .layer(middleware::from_fn_with_state(app.clone(), revocation))
         .layer(middleware::from_fn_with_state(app, count))
 }
 
-/// The whole request, body included, within `timeout` (a slow client gets
-/// 408 `request_timeout` and loses its connection slot).
-async fn deadline(timeout: Duration, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => error_response(&Error::RequestTimeout {
-            waited_ms: timeout.as_millis() as u64,
-        }),
-    }
+/// A client certificate revoked while its connection stays open: refused
+/// from its next request on (new connections are refused at the handshake).
+async fn revocation(State(app): State<Arc<Appliance>>, req: Request, next: Next) -> Response {
+    let revoked = req
+        .extensions()
+        .get::<Identity>()
+        .filter(|i| app.revoked.contains(&i.serial_number))
+        .cloned();
+    let Some(identity) = revoked else {
+        return next.run(req).await;
+    };
+    let path: String = req.uri().path().chars().take(64).collect();
+    let app2 = app.clone();
+    let outcome = blocking(move || {
+        app2.refuse::<()>(
+            &caller(&identity),
+            "request",
+            &path,
+            Error::ClientRevoked {
+                serial_number: identity.serial_number.clone(),
+            },
+        )
+    })
+    .await;
+    let mut response = match outcome {
+        Err(r) => r,
+        Ok(()) => error_response(&Error::Unreachable("a refusal that was not refused")),
+    };
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Count every answer by endpoint (route template) and result.
@@ -97,9 +129,17 @@ fn caller(identity: &Identity) -> Caller {
     Caller::Client(identity.id.clone())
 }
 
-/// The body, at most `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// The body, at most `api.body_limit` bytes, within `api.body_timeout` (a
+/// client sending it one byte a second gets 408 `request_timeout`).
+async fn read_body(api: &Api, body: Body) -> Result<Bytes> {
+    let limit = api.body_limit;
+    let read = tokio::time::timeout(api.body_timeout, axum::body::to_bytes(body, limit)).await;
+    let Ok(read) = read else {
+        return Err(Error::RequestTimeout {
+            waited_ms: api.body_timeout.as_millis() as u64,
+        });
+    };
+    read.map_err(|e| {
         let inner = e.into_inner();
         if inner.is::<http_body_util::LengthLimitError>() {
             Error::BodyTooLarge { limit }
@@ -135,7 +175,7 @@ async fn issue(
     Path(serial): Path<String>,
     body: Body,
 ) -> Response {
-    let body = read_body(body, api.body_limit).await;
+    let body = read_body(&api, body).await;
     let who = caller(&identity);
     let app = api.app.clone();
     let outcome = blocking(move || {
@@ -183,7 +223,7 @@ async fn record(
     Path(serial): Path<String>,
     body: Body,
 ) -> Response {
-    let body = read_body(body, api.body_limit).await;
+    let body = read_body(&api, body).await;
     let who = caller(&identity);
     let app = api.app.clone();
     let outcome = blocking(move || match body {
@@ -214,15 +254,9 @@ fn est_body(content_type: &'static str, der: &[u8]) -> Response {
 
 /// `GET /.well-known/est/cacerts`: the intermediate and the root.
 async fn est_cacerts(State(api): State<Api>) -> Response {
-    let certs = (|| {
-        let files = crate::ceremony::CaFiles::of(&api.app.cfg);
-        let inter = crate::ceremony::read_cert(&files.intermediate)?;
-        let root = crate::ceremony::read_cert(&files.root)?;
-        Ok::<_, Error>(ca::est::certs_only(&[&inter, &root])?)
-    })();
-    match certs {
-        Ok(der) => est_body("application/pkcs7-mime", &der),
-        Err(e) => error_response(&e),
+    match api.cacerts.as_ref() {
+        Ok(der) => est_body("application/pkcs7-mime", der),
+        Err(e) => error_response(e),
     }
 }
 
@@ -272,7 +306,7 @@ async fn est(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let body = read_body(body, api.body_limit).await;
+    let body = read_body(&api, body).await;
     let who = caller(&identity);
     let app = api.app.clone();
     let started = Instant::now();

@@ -30,6 +30,8 @@ pub const RECORD_OP: &str = "device.record";
 const MAX_FIELD: usize = 256;
 /// Most steps or lots in one provisioning record.
 const MAX_ITEMS: usize = 512;
+/// Most provisioning records one device keeps (a rework loop, not a log).
+pub const MAX_RECORDS: usize = 64;
 
 /// Everything the operations need.
 pub struct Appliance {
@@ -338,6 +340,12 @@ impl Appliance {
                 .map_err(|e| Error::MalformedRequest(format!("provisioning record: {e}")))?;
             record.validate()?;
             self.owned_device(caller, module_serial)?;
+            if self.records(module_serial)?.len() >= MAX_RECORDS {
+                return Err(Error::TooManyRecords {
+                    serial: module_serial.chars().take(64).collect(),
+                    limit: MAX_RECORDS,
+                });
+            }
             Ok(record)
         })();
         let record = match parsed {
@@ -391,6 +399,8 @@ impl Appliance {
         modules: &[String],
         roles: &[String],
     ) -> Result<ClientCredential> {
+        // One policy edit at a time: read, edit, issue, write, reload.
+        let _editing = self.policy.edit();
         let prepared = (|| {
             self.policy.check(caller, &policies::Action::Admin)?;
             credentials::check_id(id)?;

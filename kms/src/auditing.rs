@@ -191,6 +191,16 @@ pub fn issue(
         Ok(a) => a,
         Err(e) => return refuse(e),
     };
+    // A device another station provisioned is not this station's to
+    // repeat, re-key or learn about: as if it did not exist.
+    if let Caller::Client(id) = caller {
+        if ca
+            .device(req.module_serial)?
+            .is_some_and(|d| !d.station.is_empty() && d.station != *id)
+        {
+            return refuse(ca::Error::DeviceNotFound(subject.clone()).into());
+        }
+    }
     if reenroll && ca.device(req.module_serial)?.is_none() {
         return refuse(ca::Error::DeviceNotFound(subject.clone()).into());
     }

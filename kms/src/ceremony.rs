@@ -267,6 +267,9 @@ pub fn init(
         },
     )?;
     credentials::write_dir(&officer, officer_dir)?;
+    // The API's TLS server credential: its key in the token, its
+    // certificate from the internal CA (kmsd renews it when needed).
+    credentials::ensure_server(cfg, token, &log, actor)?;
     log.checkpoint()?;
     Ok(InitReport {
         cas,

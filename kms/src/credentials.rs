@@ -145,6 +145,7 @@ impl Revoked {
 pub fn check_id(id: &str) -> Result<()> {
     if !id.is_empty()
         && id.len() <= 64
+        && !id.starts_with('.')
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
@@ -152,7 +153,7 @@ pub fn check_id(id: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidInput(format!(
-            "identity {id:?} must be 1 to 64 characters of A-Z a-z 0-9 - . _"
+            "identity {id:?} must be 1 to 64 characters of A-Z a-z 0-9 - . _, not starting with ."
         )))
     }
 }
@@ -432,10 +433,18 @@ pub fn revoke(
             "ok",
             serde_json::json!({ "serial_number": r.serial_number, "client": r }),
         )?;
-        store_record(store, &r, Some(old))?;
-        newly.push(r.serial_number);
+        // Refused from now on, whatever happens to the store write.
+        revoked.extend([r.serial_number.clone()]);
+        match store_record(store, &r, Some(old)) {
+            Ok(()) => newly.push(r.serial_number),
+            // A concurrent revocation got there first.
+            Err(Error::Store(store::Error::Corrupt(_)))
+                if list(store)?
+                    .iter()
+                    .any(|x| x.serial_number == r.serial_number && x.revoked_at.is_some()) => {}
+            Err(e) => return Err(e),
+        }
     }
-    revoked.extend(newly.iter().cloned());
     Ok(newly)
 }
 
@@ -453,7 +462,12 @@ fn server_names(cfg: &Config) -> (Vec<String>, Vec<IpAddr>) {
 /// The TLS server credential, made or renewed when needed: the P-256 key in
 /// the token (`server.tls_key`) and `ca.dir/server.pem` issued by the
 /// internal CA for `server.names`. Returns the certificate DER.
-pub fn ensure_server(cfg: &Config, token: &Arc<Token>, log: &audit::Log) -> Result<Vec<u8>> {
+pub fn ensure_server(
+    cfg: &Config,
+    token: &Arc<Token>,
+    log: &audit::Log,
+    actor: &str,
+) -> Result<Vec<u8>> {
     let label = &cfg.server.tls_key;
     let signer = match TokenSigner::new(token.clone(), label) {
         Ok(s) => s,
@@ -482,9 +496,9 @@ pub fn ensure_server(cfg: &Config, token: &Arc<Token>, log: &audit::Log) -> Resu
     let (serial_number, not_after) = serial_and_expiry(&der)?;
     crate::auditing::record(
         log,
-        "kmsd",
+        actor,
         ISSUE_OP,
-        "kmsd",
+        "tls-server",
         "ok",
         serde_json::json!({
             "role": "server", "serial_number": serial_number, "not_after": rfc3339(not_after),
@@ -536,8 +550,13 @@ fn server_cert_fits(der: &[u8], public_raw: &[u8], dns: &[String], ips: &[IpAddr
 
 /// Replace `path` atomically (write a temporary file, sync, rename).
 pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     ceremony::write_new(&tmp, bytes, 0o644)?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    // The rename itself durable: sync the directory.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }

@@ -242,6 +242,22 @@ pub enum Error {
     #[error("content type {0:?} not supported here")]
     UnsupportedMediaType(String),
 
+    /// The client certificate was revoked while its connection was open.
+    #[error("client certificate {serial_number} is revoked")]
+    ClientRevoked {
+        /// Its serial.
+        serial_number: String,
+    },
+
+    /// A device already holds as many provisioning records as allowed.
+    #[error("device {serial} already has {limit} provisioning records")]
+    TooManyRecords {
+        /// Module serial.
+        serial: String,
+        /// The limit.
+        limit: usize,
+    },
+
     /// A broken internal invariant; a bug, reported instead of panicking.
     #[error("internal error: {0}")]
     Unreachable(&'static str),
@@ -288,6 +304,8 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::ClientRevoked { .. } => "client_revoked",
+            Error::TooManyRecords { .. } => "too_many_records",
             Error::Denied(d) => d.code.as_str(),
             Error::Unreachable(_) => "internal_error",
         }
@@ -321,6 +339,8 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::UnsupportedMediaType(_) => 415,
+            Error::ClientRevoked { .. } => 403,
+            Error::TooManyRecords { .. } => 409,
             Error::Denied(d) => match d.code {
                 policies::Code::QuotaExceeded => 429,
                 policies::Code::MalformedSerial => 400,

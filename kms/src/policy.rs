@@ -56,6 +56,9 @@ pub struct PolicyState {
     profiles: ca::Profiles,
     current: RwLock<Arc<Policy>>,
     quotas: Quotas,
+    /// Held across a reload (audit record and swap) and across an edit of
+    /// the file (read, edit, write, reload).
+    editing: std::sync::Mutex<()>,
 }
 
 impl PolicyState {
@@ -72,6 +75,7 @@ impl PolicyState {
             profiles,
             current: RwLock::new(Arc::new(policy)),
             quotas: Quotas::new(),
+            editing: std::sync::Mutex::new(()),
         })
     }
 
@@ -96,6 +100,16 @@ impl PolicyState {
     /// Read the file again and put it in force if it validates; otherwise
     /// keep the running policy. Either way the attempt is audited.
     pub fn reload(&self, log: &audit::Log, caller: &Caller) -> Result<Arc<Policy>> {
+        let _one = self.edit();
+        self.reload_locked(log, caller)
+    }
+
+    /// Hold off reloads and other edits while the file is being edited.
+    pub fn edit(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.editing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reload_locked(&self, log: &audit::Log, caller: &Caller) -> Result<Arc<Policy>> {
         let outcome = match &self.file {
             Some(path) => read(path, &self.profiles),
             None => Err(Error::InvalidInput(
@@ -191,12 +205,13 @@ impl PolicyState {
     }
 
     /// Write `text` as the policy file (atomically) and put it in force.
+    /// The caller holds [`PolicyState::edit`].
     pub fn replace(&self, text: &str, log: &audit::Log, caller: &Caller) -> Result<Arc<Policy>> {
         let Some(path) = &self.file else {
             return Err(Error::InvalidInput("no policy.file is configured".into()));
         };
         crate::credentials::replace_file(path, text.as_bytes())?;
-        self.reload(log, caller)
+        self.reload_locked(log, caller)
     }
 
     /// Decide an action that counts against no quota (reads, records,

@@ -120,7 +120,15 @@ struct TokenTlsSigner {
 
 impl rustls::sign::Signer for TokenTlsSigner {
     fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
-        self.token.sign(&self.label, message).map_err(|e| {
+        // C_Sign may wait for a pooled session: not on an async worker's time.
+        let sign = || self.token.sign(&self.label, message);
+        let signed = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(sign)
+            }
+            _ => sign(),
+        };
+        signed.map_err(|e| {
             tracing::warn!(error = %e, "TLS handshake signature failed in the token");
             rustls::Error::General(format!("token: {}", e.code()))
         })

@@ -60,8 +60,9 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
         .collect();
     let want = [
         ("appliance.init", "ok"),
-        ("credential.issue", "ok"),
-        ("credential.issue", "ok"),
+        ("credential.issue", "ok"), // officer
+        ("credential.issue", "ok"), // TLS server
+        ("credential.issue", "ok"), // station
         ("certificate.issue", "ok"),
         ("certificate.issue", "ok"),
         ("certificate.issue", "invalid_module_serial"),
@@ -76,11 +77,11 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
         ok(kmsctl(&dir, &["audit", "show", "--op", "credential.issue"]))
             .lines()
             .count(),
-        2
+        3
     );
 
     // The whole log verifies, then its export verifies offline with only the key.
-    assert!(ok(kmsctl(&dir, &["audit", "verify"])).starts_with("audit log OK: records 1..6"));
+    assert!(ok(kmsctl(&dir, &["audit", "verify"])).starts_with("audit log OK: records 1..7"));
     let vkey = ok(kmsctl(&dir, &["audit", "pubkey"])).trim().to_owned();
     assert!(vkey.starts_with("vbus-kms/audit+"), "{vkey}");
     ok(kmsctl(&dir, &["audit", "checkpoint"]));
@@ -99,7 +100,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
     let v: serde_json::Value = serde_json::from_str(&ok(offline(&export))).unwrap();
     assert_eq!(
         (v["records"].as_u64(), v["checkpointed"].as_u64()),
-        (Some(6), Some(6))
+        (Some(7), Some(7))
     );
 
     // A verifier written from the README alone, in another language, agrees.
@@ -110,9 +111,9 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
             .arg(file)
             .arg(&vkey))
     };
-    assert_eq!(ok(python(&export)).trim(), "OK 6 6");
+    assert_eq!(ok(python(&export)).trim(), "OK 7 7");
 
-    // One byte changed in record 4's body: caught, named.
+    // One byte changed in record 5's body (the first issuance): caught, named.
     let text = std::fs::read_to_string(&export).unwrap();
     let tampered = tmp.path().join("tampered.jsonl");
     std::fs::write(
@@ -124,7 +125,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.starts_with("error[audit_tampered]: audit record 4 does not verify"),
+        err.starts_with("error[audit_tampered]: audit record 5 does not verify"),
         "{err}"
     );
     let py = python(&tampered);
@@ -133,7 +134,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
             py.status.code(),
             String::from_utf8_lossy(&py.stdout).trim().to_owned()
         ),
-        (Some(1), "BAD 4 chain".to_owned())
+        (Some(1), "BAD 5 chain".to_owned())
     );
 }
 

@@ -265,9 +265,21 @@ fn reload_puts_a_valid_policy_in_force_and_refuses_a_bad_one() {
     assert!(stderr.starts_with("error[policy_invalid]: "), "{stderr}");
     assert!(stderr.contains("line 11"), "{stderr}");
     assert_eq!(running_sha(&dir), sha256_hex(&dev_policy));
+    // Through the admin socket: the name kmsctl gives, and the kernel's uid.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
     let actor = format!(
-        "local:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        "local:{}/uid={uid}",
+        std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into())
     );
     assert_eq!(loads(&dir).last().unwrap().1, "policy_invalid");
     assert_eq!(loads(&dir).last().unwrap().0, actor);

@@ -290,8 +290,28 @@ fn handshakes_without_a_valid_client_certificate_are_refused_and_revocation_is_i
     let listed = json(&listed);
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
 
+    // A keep-alive connection opened before the revocation: its next
+    // request is refused too.
+    let mut open = Command::new("sh");
+    open.arg("-c").arg(format!(
+        "(printf 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'; sleep 3; \
+          printf 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n'; sleep 1) | \
+         openssl s_client -connect 127.0.0.1:{} -CAfile {ca} -cert {} -key {} -quiet 2>&1",
+        a.api,
+        s2_pair.0.display(),
+        s2_pair.1.display(),
+        ca = station.join("ca.pem").display()
+    ));
+    let open = open.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let out = ok(a.kmsctl(&["station", "revoke", "station-02"]));
     assert!(out.contains("1 certificate(s) revoked"), "{out}");
+    let open = String::from_utf8_lossy(&open.wait_with_output().unwrap().stdout).into_owned();
+    assert!(open.contains("HTTP/1.1 200 OK"), "{open}");
+    assert!(
+        open.contains("HTTP/1.1 403 Forbidden") && open.contains("client_revoked"),
+        "{open}"
+    );
     let revoked = s_client(&a, Some((&s2_pair.0, &s2_pair.1)));
     assert!(revoked.contains("alert certificate revoked"), "{revoked}");
     // Revoking again is reported, not an error.
@@ -361,6 +381,17 @@ fn bad_requests_get_their_status_and_code_and_change_nothing_but_the_audit_log()
     );
     assert_eq!(status, 201);
 
+    // A PWR device inside station-02's range, provisioned by station-01.
+    let theirs = "VBUS-PWR-2412-000150";
+    let (theirs_pem, _) = device_csr(&tmp, theirs, "6f9619ff-8b86-4011-b42d-00c04fc96150");
+    let theirs_body = issue_body(&theirs_pem, "6f9619ff-8b86-4011-b42d-00c04fc96150");
+    let (status, _) = a.curl(
+        Some(STATION),
+        &format!("/v1/devices/{theirs}/certificate"),
+        &["--data-binary", &theirs_body],
+    );
+    assert_eq!(status, 201);
+
     let csr_for = |serial: &str, n: u32| {
         let uuid = format!("6f9619ff-8b86-4011-b42d-00c04fc9{n:04}");
         let (pem, _) = device_csr(&tmp, serial, &uuid);
@@ -389,6 +420,26 @@ fn bad_requests_get_their_status_and_code_and_change_nothing_but_the_audit_log()
         usize,
     );
     let rows: Vec<Row> = vec![
+        // The very request station-01 made, replayed by station-02: the
+        // device is not station-02's to repeat or re-key.
+        (
+            "stations/station-02",
+            "POST",
+            format!("/v1/devices/{theirs}/certificate"),
+            post(theirs_body.clone()),
+            404,
+            "device_not_found",
+            1,
+        ),
+        (
+            "stations/station-02",
+            "GET",
+            format!("/v1/devices/{theirs}"),
+            vec![],
+            404,
+            "device_not_found",
+            1,
+        ),
         (
             "stations/station-02",
             "POST",

@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         policy,
     )?);
     // The server certificate, made or renewed (its key stays in the token).
-    let server_der = kms::credentials::ensure_server(&cfg, &token, &audit)?;
+    let server_der = kms::credentials::ensure_server(&cfg, &token, &audit, "kmsd")?;
     let internal_der = kms::ceremony::read_cert(&kms::ceremony::CaFiles::of(&cfg).internal)?;
     let tls = kms::server::tls_config(
         &token,
