@@ -160,6 +160,25 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// The `{serial}` path segment. One that does not decode (bad
+/// percent-encoding, not UTF-8) gets the JSON 400 of the contract rather
+/// than axum's plain text.
+struct Serial(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Serial {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> std::result::Result<Self, Response> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(s)| Serial(s))
+            .map_err(|e| error_response(&Error::MalformedRequest(format!("path: {e}"))))
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IssueBody {
@@ -172,7 +191,7 @@ struct IssueBody {
 async fn issue(
     State(api): State<Api>,
     Extension(identity): Extension<Identity>,
-    Path(serial): Path<String>,
+    Serial(serial): Serial,
     body: Body,
 ) -> Response {
     let body = read_body(&api, body).await;
@@ -206,7 +225,7 @@ async fn issue(
 async fn device(
     State(api): State<Api>,
     Extension(identity): Extension<Identity>,
-    Path(serial): Path<String>,
+    Serial(serial): Serial,
 ) -> Response {
     let who = caller(&identity);
     let app = api.app.clone();
@@ -220,7 +239,7 @@ async fn device(
 async fn record(
     State(api): State<Api>,
     Extension(identity): Extension<Identity>,
-    Path(serial): Path<String>,
+    Serial(serial): Serial,
     body: Body,
 ) -> Response {
     let body = read_body(&api, body).await;

@@ -496,6 +496,15 @@ fn bad_requests_get_their_status_and_code_and_change_nothing_but_the_audit_log()
         ),
         (
             STATION,
+            "GET",
+            "/v1/devices/%FF%FE".into(),
+            vec![],
+            400,
+            "malformed_request",
+            0,
+        ),
+        (
+            STATION,
             "DELETE",
             "/v1/devices/VBUS-CPU-2412-000011".into(),
             vec![],
