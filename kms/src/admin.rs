@@ -112,6 +112,21 @@ pub enum Request {
 /// verb.
 pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value> {
     let json = |v: &dyn erased::Json| v.to_value();
+    // Requests whose operation does not ask the policy itself: officers
+    // (remote, by certificate) need the role; the local operator has them all.
+    let gate = match req {
+        Request::PolicyShow | Request::PolicyCheck(_) | Request::Checkpoint => {
+            Some(("admin.read", policies::Action::AuditRead))
+        }
+        Request::PolicyReload => Some((crate::policy::LOAD_OP, policies::Action::Admin)),
+        Request::Clients => Some(("admin.read", policies::Action::Admin)),
+        _ => None,
+    };
+    if let Some((op, action)) = gate {
+        if let Err(e) = app.policy.check(caller, &action) {
+            return app.refuse(caller, op, "-", e);
+        }
+    }
     Ok(match req {
         Request::PolicyShow => policy_view(&app.policy.current()),
         Request::PolicyReload => {

@@ -60,6 +60,7 @@ pub fn router(app: Arc<Appliance>) -> Router {
         .route("/.well-known/est/simpleenroll", post(est_enroll))
         .route("/.well-known/est/simplereenroll", post(est_reenroll))
         .route("/.well-known/est/csrattrs", get(est_csrattrs))
+        .route("/v1/admin", post(admin))
         .with_state(api)
         .merge(crate::http::health_router(app.token.clone()))
         .fallback(|req: Request| async move {
@@ -252,6 +253,34 @@ async fn record(
     .await;
     match outcome {
         Ok(v) => (StatusCode::CREATED, Json(v)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/admin`: an officer verb from `kmsctl --url`, the same
+/// [`crate::admin::Request`] the local admin socket takes, decided by the
+/// policy for the officer's identity.
+async fn admin(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    body: Body,
+) -> Response {
+    let body = read_body(&api, body).await;
+    let who = caller(&identity);
+    let app = api.app.clone();
+    let outcome = blocking(move || {
+        let req = body.and_then(|b| {
+            serde_json::from_slice::<crate::admin::Request>(&b)
+                .map_err(|e| Error::MalformedRequest(format!("officer request: {e}")))
+        });
+        match req {
+            Ok(req) => crate::admin::dispatch(&app, &who, &req),
+            Err(e) => app.refuse(&who, "admin.request", "-", e),
+        }
+    })
+    .await;
+    match outcome {
+        Ok(v) => Json(v).into_response(),
         Err(r) => r,
     }
 }

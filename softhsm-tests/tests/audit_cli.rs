@@ -94,7 +94,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
         run(Command::new(bin("kmsctl"))
             .arg("--config")
             .arg(dir.join("kmsd.toml"))
-            .args(["--json", "audit", "verify", "--key", &vkey, "--export"])
+            .args(["--json", "audit", "verify", "--vkey", &vkey, "--export"])
             .arg(file))
     };
     let v: serde_json::Value = serde_json::from_str(&ok(offline(&export))).unwrap();

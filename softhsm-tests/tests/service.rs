@@ -809,3 +809,76 @@ fn sigterm_lets_an_in_flight_request_finish_then_seals_the_log() {
     let v = json(&ok(a.kmsctl(&["--json", "audit", "verify"])));
     assert_eq!(v["records"], v["checkpointed"]);
 }
+
+#[test]
+fn officers_work_remotely_with_kmsctl_url_and_stations_cannot() {
+    let a = Running::start();
+    let remote = |cred: &str, args: &[&str]| {
+        let d = a.dir.join(cred);
+        run(Command::new(softhsm_tests::bin("kmsctl"))
+            .args(["--url", &a.url("")])
+            .arg("--cert")
+            .arg(d.join("cert.pem"))
+            .arg("--key")
+            .arg(d.join("key.pem"))
+            .arg("--ca")
+            .arg(d.join("ca.pem"))
+            .args(args))
+    };
+    let out_dir = a.tmp.path().join("station-05");
+    let added = ok(remote(
+        "officer",
+        &[
+            "--json",
+            "station",
+            "add",
+            "station-05",
+            "--modules",
+            "CPU",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(json(&added)["client"]["id"], "station-05");
+    assert!(out_dir.join("key.pem").exists());
+    let check = json(&ok(remote(
+        "officer",
+        &[
+            "--json",
+            "policy",
+            "check",
+            "--station",
+            "station-05",
+            "--serial",
+            "VBUS-CPU-2412-000001",
+        ],
+    )));
+    assert_eq!(check["allowed"], true, "{check}");
+    let listed = json(&ok(remote("officer", &["--json", "station", "list"])));
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    // The officer's actions are recorded under its certificate's identity.
+    let by_officer = ok(a.kmsctl(&["audit", "show", "--actor", "officer-01"]));
+    let ops: Vec<String> = by_officer
+        .lines()
+        .map(|l| json(l)["op"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(ops.starts_with(&["credential.issue".to_owned()]), "{ops:?}");
+    assert!(ops.contains(&"policy.load".to_owned()), "{ops:?}");
+
+    // A station's credential is not an officer's: refused and recorded.
+    let refused = remote(STATION, &["station", "list"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).starts_with("error[role_not_permitted]"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let last = ok(a.kmsctl(&["audit", "show", "--actor", "station-01"]));
+    assert!(
+        last.lines()
+            .last()
+            .unwrap()
+            .contains(r#""result":"role_not_permitted""#),
+        "{last}"
+    );
+}

@@ -171,6 +171,13 @@ impl Client {
         self.json(self.agent.post(&url), Some(&body))
     }
 
+    /// An officer request (`kmsctl --url`): `POST /v1/admin` with the JSON
+    /// body, the JSON answer.
+    pub fn admin(&self, body: &Value) -> Result<Value> {
+        let url = format!("{}/v1/admin", self.base);
+        self.json(self.agent.post(&url), Some(body))
+    }
+
     /// The appliance's health: `GET /healthz`.
     pub fn health(&self) -> Result<Value> {
         let url = format!("{}/healthz", self.base);

@@ -30,6 +30,20 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// A remote appliance's mTLS API (e.g. https://kms.factory:8443): officer
+    /// verbs go there with the officer credential of --cert/--key/--ca
+    /// instead of using --config on the appliance itself.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Officer certificate (with --url).
+    #[arg(long, global = true, requires = "url")]
+    cert: Option<PathBuf>,
+    /// Officer private key, mode 0600 (with --url).
+    #[arg(long, global = true, requires = "url")]
+    key: Option<PathBuf>,
+    /// The appliance's internal CA (with --url).
+    #[arg(long, global = true, requires = "url")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,7 +160,7 @@ enum StoreCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Replay the chain and check every checkpoint signature; report the
-    /// first bad sequence number. Offline with --export (and --key).
+    /// first bad sequence number. Offline with --export (and --vkey).
     Verify {
         /// A JSON-lines export to verify instead of the local log.
         #[arg(long)]
@@ -154,9 +168,10 @@ enum AuditCommand {
         /// A checkpoint note kept outside the log (catches a cut tail).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
-        /// The C2SP verifier key (default: the token's audit key).
+        /// The C2SP verifier key (default: the token's audit key). (`--key`
+        /// is the officer key of `--url`.)
         #[arg(long)]
-        key: Option<String>,
+        vkey: Option<String>,
     },
     /// Write the JSON-lines export (records and checkpoints).
     Export {
@@ -359,7 +374,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out,
                 },
         } => {
-            let path = require_config(&cli.config)?;
             let bytes = std::fs::read(csr).with_context(|| format!("reading {}", csr.display()))?;
             // PEM as is; DER wrapped in PEM for the JSON request.
             let csr = match String::from_utf8(bytes) {
@@ -372,7 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("{} is neither PEM nor DER", csr.display()))?,
             };
             let v = request(
-                path,
+                &cli,
                 &Request::Issue {
                     serial: serial.clone(),
                     hw_uuid: uuid.clone(),
@@ -434,6 +448,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Policy { command } if cli.url.is_some() => {
+            // A remote appliance: its running policy.
+            let req = match command {
+                PolicyCommand::Show { file: None } => Request::PolicyShow,
+                PolicyCommand::Check {
+                    station,
+                    serial,
+                    key_type,
+                    file: None,
+                } => Request::PolicyCheck(admin::CheckRequest {
+                    station: station.clone(),
+                    serial: serial.clone(),
+                    key_type: key_type.clone(),
+                }),
+                PolicyCommand::Reload => Request::PolicyReload,
+                _ => anyhow::bail!("--file reads a local file: use it without --url"),
+            };
+            let v = request(&cli, &req)?;
+            match (command, cli.json) {
+                (PolicyCommand::Check { .. }, false) => print_explanation(&v),
+                (PolicyCommand::Show { .. }, false) => {
+                    print!("{}", v["text"].as_str().unwrap_or_default())
+                }
+                _ => println!("{v}"),
+            }
+            Ok(())
+        }
         Command::Policy { command } => {
             policy_command(require_config(&cli.config)?, command, cli.json)
         }
@@ -441,11 +482,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             audit_command(require_config(&cli.config)?, command, cli.json)
         }
         Command::Device { command } => {
-            let path = require_config(&cli.config)?;
             match command {
                 DeviceCommand::AllowReissue { serial } => {
                     let v = request(
-                        path,
+                        &cli,
                         &Request::AllowReissue {
                             serial: serial.clone(),
                         },
@@ -458,7 +498,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 DeviceCommand::Show { serial } => {
                     let v = request(
-                        path,
+                        &cli,
                         &Request::Device {
                             serial: serial.clone(),
                         },
@@ -468,25 +508,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Station { command } => client_command(
-            require_config(&cli.config)?,
-            ClientRole::Station,
-            command,
-            cli.json,
-        ),
-        Command::Officer { command } => client_command(
-            require_config(&cli.config)?,
-            ClientRole::Officer,
-            command,
-            cli.json,
-        ),
+        Command::Station { command } => {
+            client_command(&cli, ClientRole::Station, command, cli.json)
+        }
+        Command::Officer { command } => {
+            client_command(&cli, ClientRole::Officer, command, cli.json)
+        }
     }
 }
 
 /// Run an admin request: through the running `kmsd` when it answers on the
 /// admin socket (it holds the store and the log), else on the appliance
 /// opened here. The same code runs either way ([`admin::dispatch`]).
-fn request(cfg_path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+fn request(cli: &Cli, req: &Request) -> anyhow::Result<serde_json::Value> {
+    if let Some(url) = &cli.url {
+        return remote(cli, url, req);
+    }
+    let cfg_path = require_config(&cli.config)?;
     let cfg = Config::load(cfg_path)?;
     let client = admin::Client::new(&cfg.server.admin_socket);
     if client.running() {
@@ -497,8 +535,35 @@ fn request(cfg_path: &Path, req: &Request) -> anyhow::Result<serde_json::Value> 
     Ok(admin::dispatch(&app, &Caller::local(), req)?)
 }
 
+/// An officer verb sent to a remote appliance over mTLS.
+fn remote(cli: &Cli, url: &str, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let (Some(cert), Some(key), Some(ca)) = (&cli.cert, &cli.key, &cli.ca) else {
+        anyhow::bail!("--url needs --cert, --key and --ca (an officer credential)");
+    };
+    let as_remote = |e: station::Error| match e {
+        station::Error::Refused {
+            status,
+            code,
+            message,
+            ..
+        } => anyhow::anyhow!(RemoteError {
+            status,
+            code,
+            message
+        }),
+        other => anyhow::anyhow!(RemoteError {
+            status: 0,
+            code: other.code().to_owned(),
+            message: other.to_string(),
+        }),
+    };
+    let cred = station::Credential::from_files(cert, key, ca).map_err(as_remote)?;
+    let client = station::Client::new(url, &cred).map_err(as_remote)?;
+    client.admin(&serde_json::to_value(req)?).map_err(as_remote)
+}
+
 fn client_command(
-    cfg_path: &Path,
+    cli: &Cli,
     role: ClientRole,
     command: &ClientCommand,
     as_json: bool,
@@ -518,9 +583,12 @@ fn client_command(
                         .with_context(|| format!("reading {} (a PEM CSR)", p.display()))
                 })
                 .transpose()?;
+            // Beside the config on the appliance; in the current directory remotely.
             let out = out.clone().unwrap_or_else(|| {
-                cfg_path
-                    .parent()
+                cli.config
+                    .as_deref()
+                    .filter(|_| cli.url.is_none())
+                    .and_then(Path::parent)
                     .unwrap_or(Path::new("."))
                     .join(format!("{}s", role.as_str()))
                     .join(id)
@@ -532,7 +600,7 @@ fn client_command(
                 }
             }
             let v = request(
-                cfg_path,
+                cli,
                 &Request::AddClient {
                     id: id.clone(),
                     role,
@@ -569,7 +637,7 @@ fn client_command(
             }
         }
         ClientCommand::List => {
-            let v = request(cfg_path, &Request::Clients)?;
+            let v = request(cli, &Request::Clients)?;
             let all: Vec<kms::credentials::ClientRecord> = serde_json::from_value(v)?;
             let mine: Vec<_> = all.into_iter().filter(|r| r.role == role).collect();
             if as_json {
@@ -588,7 +656,7 @@ fn client_command(
             }
         }
         ClientCommand::Revoke { id } => {
-            let v = request(cfg_path, &Request::RevokeClient { id: id.clone() })?;
+            let v = request(cli, &Request::RevokeClient { id: id.clone() })?;
             if as_json {
                 println!("{v}");
             } else {
@@ -783,7 +851,7 @@ fn audit_command(cfg_path: &Path, command: &AuditCommand, as_json: bool) -> anyh
         AuditCommand::Verify {
             export: Some(file),
             checkpoint,
-            key: Some(key),
+            vkey: Some(key),
         } => {
             let verifier = audit::note::Verifier::parse(key)?;
             return verify_file(file, checkpoint.as_deref(), &verifier, as_json);
@@ -797,7 +865,8 @@ fn audit_command(cfg_path: &Path, command: &AuditCommand, as_json: bool) -> anyh
     match command {
         AuditCommand::Pubkey => println!("{vkey}"),
         AuditCommand::Checkpoint if admin::Client::new(&cfg.server.admin_socket).running() => {
-            let v = request(cfg_path, &Request::Checkpoint)?;
+            let v =
+                admin_ok(admin::Client::new(&cfg.server.admin_socket).send(&Request::Checkpoint)?)?;
             print!("{}", v["checkpoint"].as_str().unwrap_or_default());
         }
         AuditCommand::Checkpoint => {
@@ -819,7 +888,7 @@ fn audit_command(cfg_path: &Path, command: &AuditCommand, as_json: bool) -> anyh
         AuditCommand::Verify {
             export,
             checkpoint,
-            key,
+            vkey: key,
         } => {
             let verifier = audit::note::Verifier::parse(key.as_deref().unwrap_or(&vkey))?;
             match export {
