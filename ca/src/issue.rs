@@ -124,6 +124,18 @@ pub struct Ca {
     stripes: Vec<std::sync::Mutex<()>>,
 }
 
+impl DeviceRecord {
+    /// Whether `req` repeats the request this device was certified for:
+    /// the very key in the CSR and the same hardware UUID (issuing would
+    /// return the stored certificate). A CSR that cannot be read is not a
+    /// repeat.
+    pub fn answers(&self, req: &IssueRequest<'_>) -> bool {
+        csr::spki_sha256(req.csr).is_ok_and(|key_hash| {
+            self.public_key_sha256 == key_hash && self.hw_uuid.eq_ignore_ascii_case(req.hw_uuid)
+        })
+    }
+}
+
 /// Lock stripes for concurrent requests.
 const STRIPES: usize = 256;
 
@@ -481,19 +493,6 @@ impl Ca {
             not_after: rec.not_after,
             newly_issued: false,
         })
-    }
-
-    /// Whether `req` repeats an answered request: the device is certified
-    /// for the very key in the CSR and the same hardware UUID (issuing
-    /// would return the stored certificate). A CSR that cannot be read is
-    /// not a repeat.
-    pub fn is_repeat(&self, req: &IssueRequest<'_>) -> Result<bool> {
-        let Ok(key_hash) = csr::spki_sha256(req.csr) else {
-            return Ok(false);
-        };
-        Ok(self.device(req.module_serial)?.is_some_and(|d| {
-            d.public_key_sha256 == key_hash && d.hw_uuid.eq_ignore_ascii_case(req.hw_uuid)
-        }))
     }
 
     /// The device record of `module_serial`.

@@ -111,7 +111,6 @@ pub enum Request {
 /// Run `req` for `caller` on `app`: the one implementation of every admin
 /// verb.
 pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value> {
-    let json = |v: &dyn erased::Json| v.to_value();
     // Requests whose operation does not ask the policy itself: officers
     // (remote, by certificate) need the role; the local operator has them all.
     let gate = match req {
@@ -142,7 +141,7 @@ pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value
             csr,
         } => {
             let issued = app.issue(caller, serial, hw_uuid, csr.as_bytes(), false)?;
-            json(&issued)?
+            to_json(&issued)?
         }
         Request::Device { serial } => app.device(caller, serial)?,
         Request::AllowReissue { serial } => {
@@ -172,7 +171,7 @@ pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value
                 "policy_sha256": app.policy.current().sha256(),
             })
         }
-        Request::Clients => json(&app.clients()?)?,
+        Request::Clients => to_json(&app.clients()?)?,
         Request::RevokeClient { id } => {
             let serials = app.revoke_client(caller, id)?;
             json!({ "id": id, "revoked": serials })
@@ -187,17 +186,9 @@ pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value
     })
 }
 
-mod erased {
-    /// Anything serialisable, as JSON.
-    pub trait Json {
-        fn to_value(&self) -> crate::Result<serde_json::Value>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_value(&self) -> crate::Result<serde_json::Value> {
-            serde_json::to_value(self).map_err(|_| crate::Error::Unreachable("answer to JSON"))
-        }
-    }
+/// Anything serialisable, as a JSON answer.
+fn to_json<T: Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|_| Error::Unreachable("answer to JSON"))
 }
 
 /// The admin router: one endpoint taking a [`Request`].

@@ -307,26 +307,18 @@ impl Appliance {
             ))
         };
         let device = self.ca.device(module_serial)?.ok_or_else(not_found)?;
-        let is_station = |id: &str| {
-            self.policy
-                .current()
-                .roles(id)
-                .iter()
-                .all(|r| *r == policies::Role::Station)
-        };
-        match caller {
-            Caller::Client(id) if is_station(id) && device.station != *id => Err(not_found()),
-            _ => Ok(device),
+        if self.policy.may_see(caller, &device) {
+            Ok(device)
+        } else {
+            Err(not_found())
         }
     }
 
     fn records(&self, module_serial: &str) -> Result<Vec<Value>> {
-        Ok(
-            match self.store.get(Tree::Records, module_serial.as_bytes())? {
-                Some(v) => serde_json::from_slice(&v)
-                    .map_err(|e| Error::Store(store::Error::Corrupt(format!("records: {e}"))))?,
-                None => Vec::new(),
-            },
+        decode_records(
+            self.store
+                .get(Tree::Records, module_serial.as_bytes())?
+                .as_deref(),
         )
     }
 
@@ -455,15 +447,19 @@ impl Appliance {
     }
 }
 
+/// A device's stored provisioning records (none when nothing is stored).
+fn decode_records(stored: Option<&[u8]>) -> Result<Vec<Value>> {
+    stored.map_or(Ok(Vec::new()), |v| {
+        serde_json::from_slice(v)
+            .map_err(|e| Error::Store(store::Error::Corrupt(format!("records: {e}"))))
+    })
+}
+
 /// Append `entry` to the device's records (compare-and-swap, retried).
 pub(crate) fn append_record(store: &dyn Store, module_serial: &str, entry: Value) -> Result<()> {
     for _ in 0..16 {
         let old = store.get(Tree::Records, module_serial.as_bytes())?;
-        let mut list: Vec<Value> = match &old {
-            Some(v) => serde_json::from_slice(v)
-                .map_err(|e| Error::Store(store::Error::Corrupt(format!("records: {e}"))))?,
-            None => Vec::new(),
-        };
+        let mut list = decode_records(old.as_deref())?;
         list.push(entry.clone());
         let value = serde_json::to_vec(&list).map_err(|_| Error::Unreachable("records to JSON"))?;
         let write = match old {

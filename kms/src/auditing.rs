@@ -147,9 +147,10 @@ pub fn issue(
         )?;
         Err(e)
     };
+    let device = ca.device(req.module_serial)?;
     // A repeat of an answered request gets its certificate back under the
     // station rules alone: it issues nothing, so no quota or key-type rule.
-    let repeat = !reenroll && ca.is_repeat(req)?;
+    let repeat = !reenroll && device.as_ref().is_some_and(|d| d.answers(req));
     let admitted = match ca::csr_key_type(req.csr) {
         Ok(_) if repeat => policy
             .check(
@@ -191,17 +192,10 @@ pub fn issue(
         Ok(a) => a,
         Err(e) => return refuse(e),
     };
-    // A device another station provisioned is not this station's to
-    // repeat, re-key or learn about: as if it did not exist.
-    if let Caller::Client(id) = caller {
-        if ca
-            .device(req.module_serial)?
-            .is_some_and(|d| !d.station.is_empty() && d.station != *id)
-        {
-            return refuse(ca::Error::DeviceNotFound(subject.clone()).into());
-        }
-    }
-    if reenroll && ca.device(req.module_serial)?.is_none() {
+    // A device another station provisioned is not this station's to repeat
+    // or re-key: as if it did not exist. Re-enrolment needs a device.
+    let visible = device.as_ref().filter(|d| policy.may_see(caller, d));
+    if device.is_some() != visible.is_some() || (reenroll && visible.is_none()) {
         return refuse(ca::Error::DeviceNotFound(subject.clone()).into());
     }
     let req = ca::IssueRequest {

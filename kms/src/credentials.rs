@@ -205,15 +205,13 @@ fn serial_and_expiry(der: &[u8]) -> Result<(String, OffsetDateTime)> {
     let cert = x509_cert::Certificate::from_der(der)
         .map_err(|e| Error::Ca(ca::Error::Encoding(e.to_string())))?;
     let tbs = &cert.tbs_certificate;
-    let bytes = tbs.serial_number.as_bytes();
-    let trimmed = match bytes {
-        [0, rest @ ..] if !rest.is_empty() => rest,
-        b => b,
-    };
     let na = tbs.validity.not_after.to_unix_duration().as_secs();
     let not_after = OffsetDateTime::from_unix_timestamp(na as i64)
         .map_err(|_| Error::Unreachable("certificate time"))?;
-    Ok((hex::encode(trimmed), not_after))
+    Ok((
+        crate::server::serial_hex(tbs.serial_number.as_bytes()),
+        not_after,
+    ))
 }
 
 /// Who a new client credential is for.

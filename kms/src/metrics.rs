@@ -85,14 +85,6 @@ impl Metrics {
         }
     }
 
-    /// Refused handshakes so far with `reason`.
-    pub fn handshakes_refused(&self, reason: &str) -> u64 {
-        self.handshakes_refused
-            .lock()
-            .map(|m| m.get(reason).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-
     /// The whole exposition, with the token's own figures.
     pub fn render(&self, token: &crate::token::Token) -> String {
         let (sessions_in_use, sessions_open) = token.sessions();

@@ -214,6 +214,21 @@ impl PolicyState {
         self.reload_locked(log, caller)
     }
 
+    /// Whether `caller` may see and act on `device`: a station only on the
+    /// devices it provisioned (others are "not found" to it), officers,
+    /// auditors and the local operator on any.
+    pub fn may_see(&self, caller: &Caller, device: &ca::DeviceRecord) -> bool {
+        let Caller::Client(id) = caller else {
+            return true;
+        };
+        let station_only = self
+            .current()
+            .roles(id)
+            .iter()
+            .all(|r| *r == policies::Role::Station);
+        !station_only || device.station.is_empty() || device.station == *id
+    }
+
     /// Decide an action that counts against no quota (reads, records,
     /// officer actions); the denial is an [`Error::Denied`].
     pub fn check(&self, caller: &Caller, action: &policies::Action<'_>) -> Result<()> {

@@ -30,35 +30,32 @@ use crate::metrics::Metrics;
 use crate::token::Token;
 
 const CN: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
-const OU: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.11");
 
 /// Who is on the other end of an API connection, from its certificate.
+/// Only the CN counts: the policy gives the roles (the certificate's OU is
+/// not consulted).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// CN: the station or officer id.
     pub id: String,
-    /// OU: `station` or `officer`.
-    pub role: String,
     /// Certificate serial, lowercase hex.
     pub serial_number: String,
 }
 
 impl Identity {
-    /// Read CN, OU and serial from a client certificate.
+    /// Read CN and serial from a client certificate.
     pub fn from_cert(der: &[u8]) -> Option<Self> {
         let cert = x509_cert::Certificate::from_der(der).ok()?;
         let tbs = &cert.tbs_certificate;
-        let attr = |oid: der::asn1::ObjectIdentifier| {
-            tbs.subject
-                .0
-                .iter()
-                .flat_map(|rdn| rdn.0.iter())
-                .find(|a| a.oid == oid)
-                .and_then(|a| ca::directory_string(&a.value))
-        };
+        let cn = tbs
+            .subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .find(|a| a.oid == CN)
+            .and_then(|a| ca::directory_string(&a.value));
         Some(Self {
-            id: attr(CN)?,
-            role: attr(OU).unwrap_or_default(),
+            id: cn?,
             serial_number: serial_hex(tbs.serial_number.as_bytes()),
         })
     }

@@ -496,3 +496,12 @@ pub fn json_string(s: &str) -> String {
     out.push('"');
     out
 }
+
+/// Replace the first `from` in the file at `path` by `to`; `from` must be
+/// there, so an edit that no longer applies fails the test instead of
+/// silently testing the unedited file.
+pub fn edit_file(path: &Path, from: &str, to: &str) {
+    let text = fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    fs::write(path, text.replacen(from, to, 1)).unwrap();
+}

@@ -360,13 +360,11 @@ fn bad_requests_get_their_status_and_code_and_change_nothing_but_the_audit_log()
     let tmp = a.tmp.path().to_owned();
     // station-02 may provision PWR modules of one serial range only.
     ok(a.kmsctl(&["station", "add", "station-02", "--modules", "PWR"]));
-    let policy = std::fs::read_to_string(a.dir.join("policy.toml"))
-        .unwrap()
-        .replace(
-            "modules = [\"PWR\"]",
-            "modules = [\"PWR\"]\nserials = [\"VBUS-PWR-2412-000100..000199\"]",
-        );
-    std::fs::write(a.dir.join("policy.toml"), policy).unwrap();
+    softhsm_tests::edit_file(
+        &a.dir.join("policy.toml"),
+        "modules = [\"PWR\"]",
+        "modules = [\"PWR\"]\nserials = [\"VBUS-PWR-2412-000100..000199\"]",
+    );
     ok(a.kmsctl(&["policy", "reload"]));
     // One device certified by station-01, for the lookup by another station.
     let owned = "VBUS-CPU-2412-000500";
@@ -635,12 +633,11 @@ fn bad_requests_get_their_status_and_code_and_change_nothing_but_the_audit_log()
 #[test]
 fn slow_and_idle_clients_are_cut_off_and_the_service_stays_up() {
     let mut a = Running::start_with(|dir| {
-        let cfg = std::fs::read_to_string(dir.join("kmsd.toml")).unwrap().replacen(
+        softhsm_tests::edit_file(
+            &dir.join("kmsd.toml"),
             "[server]\n",
             "[server]\nrequest_timeout_ms = 2000\nhandshake_timeout_ms = 2000\nheader_timeout_ms = 2000\n",
-            1,
         );
-        std::fs::write(dir.join("kmsd.toml"), cfg).unwrap();
     });
     let station = a.dir.join(STATION);
     // A client sending its body one byte per second: 408 request_timeout.
@@ -731,13 +728,11 @@ fn est_enroll(a: &Running, endpoint: &str, der: &Path) -> (u16, Vec<String>, Str
 #[test]
 fn est_reenrolment_certifies_a_new_key_when_the_policy_allows_it() {
     let a = Running::start_with(|dir| {
-        let p = std::fs::read_to_string(dir.join("policy.toml"))
-            .unwrap()
-            .replace(
-                "stations_may_reenroll = false",
-                "stations_may_reenroll = true",
-            );
-        std::fs::write(dir.join("policy.toml"), p).unwrap();
+        softhsm_tests::edit_file(
+            &dir.join("policy.toml"),
+            "stations_may_reenroll = false",
+            "stations_may_reenroll = true",
+        );
     });
     let tmp = a.tmp.path().to_owned();
     let serial = "VBUS-PERIPH-2412-000042";

@@ -34,6 +34,7 @@ fn a_station_with_its_own_key_enrols_records_and_runs_a_resumable_batch() {
         .args(["init", "--id", "station-07", "--dir"])
         .arg(&cred)));
     assert!(out.contains("station.csr"), "{out}");
+    let key_before = std::fs::read(cred.join("key.pem")).unwrap();
     let added = ok(a.kmsctl(&[
         "--json",
         "station",
@@ -47,9 +48,8 @@ fn a_station_with_its_own_key_enrols_records_and_runs_a_resumable_batch() {
         cred.to_str().unwrap(),
     ]));
     assert_eq!(json(&added)["client"]["role"], "station");
-    assert!(!cred.join("key.pem.new").exists());
     // The station's own key was used: kmsctl wrote no key.
-    let key_before = std::fs::read(cred.join("key.pem")).unwrap();
+    assert_eq!(std::fs::read(cred.join("key.pem")).unwrap(), key_before);
 
     // Enrol one device, verify the chain with openssl, record, look up.
     let serial = "VBUS-COMM-2412-000001";
@@ -123,6 +123,18 @@ fn a_station_with_its_own_key_enrols_records_and_runs_a_resumable_batch() {
     }
     std::fs::write(&csv, &text).unwrap();
     let out_dir = tmp.join("batch-out");
+    let batch = |csv: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "batch",
+            csv.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--no-progress",
+        ];
+        args.extend_from_slice(extra);
+        json(&ok(station(&a, &cred, &args)))
+    };
     // The first 5 alone, as if the run had been cut there.
     let first5 = tmp.join("first5.csv");
     std::fs::write(
@@ -130,37 +142,13 @@ fn a_station_with_its_own_key_enrols_records_and_runs_a_resumable_batch() {
         text.lines().take(6).collect::<Vec<_>>().join("\n") + "\n",
     )
     .unwrap();
-    let s1 = json(&ok(station(
-        &a,
-        &cred,
-        &[
-            "--json",
-            "batch",
-            first5.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-            "--no-progress",
-        ],
-    )));
+    let s1 = batch(&first5, &[]);
     assert_eq!(
         (s1["done"].clone(), s1["failed"].clone()),
         (5.into(), 0.into()),
         "{s1}"
     );
-    let s2 = json(&ok(station(
-        &a,
-        &cred,
-        &[
-            "--json",
-            "batch",
-            csv.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-            "--no-progress",
-            "--concurrency",
-            "4",
-        ],
-    )));
+    let s2 = batch(&csv, &["--concurrency", "4"]);
     assert_eq!(
         (s2["done"].clone(), s2["skipped"].clone()),
         (7.into(), 5.into()),
@@ -168,18 +156,7 @@ fn a_station_with_its_own_key_enrols_records_and_runs_a_resumable_batch() {
     );
     // The journal lost: every device asked again, nothing issued twice.
     std::fs::remove_file(out_dir.join("batch-journal.jsonl")).unwrap();
-    let s3 = json(&ok(station(
-        &a,
-        &cred,
-        &[
-            "--json",
-            "batch",
-            csv.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-            "--no-progress",
-        ],
-    )));
+    let s3 = batch(&csv, &[]);
     assert_eq!(s3["done"], 12, "{s3}");
     assert_eq!(s3["newly_issued"], 0, "{s3}");
     let issued = ok(a.kmsctl(&[
@@ -232,13 +209,11 @@ fn station_quotas_stop_the_next_device_with_a_retry_time_and_hold_across_a_resta
         std::thread::sleep(std::time::Duration::from_secs(3600 - secs % 3600 + 1));
     }
     let mut a = Running::start_with(|dir| {
-        let policy = std::fs::read_to_string(dir.join("policy.toml"))
-            .unwrap()
-            .replace(
-                "modules = [\"CPU\", \"PWR\", \"PERIPH\", \"COMM\"]",
-                "modules = [\"CPU\", \"PWR\", \"PERIPH\", \"COMM\"]\nper_hour = 3",
-            );
-        std::fs::write(dir.join("policy.toml"), policy).unwrap();
+        softhsm_tests::edit_file(
+            &dir.join("policy.toml"),
+            "modules = [\"CPU\", \"PWR\", \"PERIPH\", \"COMM\"]",
+            "modules = [\"CPU\", \"PWR\", \"PERIPH\", \"COMM\"]\nper_hour = 3",
+        );
     });
     let tmp = a.tmp.path().to_owned();
     let enrol = |a: &Running, i: u32| {
