@@ -169,6 +169,13 @@ pub enum Error {
     /// Certificate encoding failed (a bug).
     #[error("certificate encoding failed: {0}")]
     Encoding(String),
+    /// Not an RFC 5280 revocation reason we offer.
+    #[error("{0}")]
+    RevocationReasonInvalid(String),
+    /// An OCSP request that does not parse or asks too much (answered with
+    /// the OCSP `malformedRequest` status, not JSON).
+    #[error("OCSP request: {0}")]
+    OcspMalformed(String),
 }
 
 impl Error {
@@ -210,6 +217,8 @@ impl Error {
             Error::Journal(_) => "audit_unavailable",
             Error::Store(_) => "storage_unavailable",
             Error::Encoding(_) => "internal_error",
+            Error::RevocationReasonInvalid(_) => "revocation_reason_invalid",
+            Error::OcspMalformed(_) => "ocsp_malformed_request",
         }
     }
 }

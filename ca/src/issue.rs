@@ -93,6 +93,9 @@ pub struct Issued {
     /// False when the same device and key were already certified and the
     /// stored certificate is returned.
     pub newly_issued: bool,
+    /// The device's previous certificate, when this new one replaces it
+    /// (a re-issue for a new key).
+    pub superseded: Option<String>,
 }
 
 /// Settings of the issuing CA.
@@ -305,6 +308,7 @@ impl Ca {
                         certificate_der: der,
                         not_after: record.not_after,
                         newly_issued: true,
+                        superseded: device.as_ref().map(|d| d.certificate.clone()),
                     })
                 }
                 Err(conflict) if conflict.tree == Tree::Certificates => continue, // a 2^-128 serial collision: draw again
@@ -492,6 +496,7 @@ impl Ca {
             certificate_der: der,
             not_after: rec.not_after,
             newly_issued: false,
+            superseded: None,
         })
     }
 

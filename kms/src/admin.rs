@@ -31,6 +31,7 @@ use crate::credentials::ClientRole;
 use crate::error::{io, Error, Result};
 use crate::http::error_response;
 use crate::policy::Caller;
+use crate::revocation::{CaName, RevokeRequest};
 
 /// Header carrying the caller's name (`local:<user>`).
 pub const ACTOR_HEADER: &str = "x-kms-actor";
@@ -103,6 +104,35 @@ pub enum Request {
     RevokeClient {
         /// Identity.
         id: String,
+        /// RFC 5280 reason (default `cessationOfOperation`).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Revoke one certificate of any of our CAs.
+    Revoke {
+        /// Certificate serial, hex.
+        serial_number: String,
+        /// Reason, invalidity date, CA.
+        request: RevokeRequest,
+    },
+    /// Revoke every certificate of a device.
+    RevokeDevice {
+        /// Module serial.
+        serial: String,
+        /// Reason and invalidity date.
+        request: RevokeRequest,
+    },
+    /// Revoke up to 1000 certificates (`kmsctl batch revoke` sends chunks).
+    RevokeMany {
+        /// Certificate serials, hex.
+        serials: Vec<String>,
+        /// Reason, invalidity date, CA for all of them.
+        request: RevokeRequest,
+    },
+    /// Sign and publish a CRL now.
+    CrlPublish {
+        /// `root`, `intermediate` or `internal`.
+        ca: String,
     },
     /// Sign an audit checkpoint now.
     Checkpoint,
@@ -172,9 +202,37 @@ pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value
             })
         }
         Request::Clients => to_json(&app.clients()?)?,
-        Request::RevokeClient { id } => {
-            let serials = app.revoke_client(caller, id)?;
+        Request::RevokeClient { id, reason } => {
+            let reason = match reason.as_deref().unwrap_or("cessationOfOperation").parse() {
+                Ok(r) => r,
+                Err(e) => {
+                    return app.refuse(caller, crate::revocation::REVOKE_OP, id, Error::Ca(e))
+                }
+            };
+            let serials = app.revoke_client(caller, id, reason)?;
             json!({ "id": id, "revoked": serials })
+        }
+        Request::Revoke {
+            serial_number,
+            request,
+        } => to_json(&app.revoke(caller, serial_number, request)?)?,
+        Request::RevokeDevice { serial, request } => {
+            to_json(&app.revoke_device(caller, serial, request)?)?
+        }
+        Request::RevokeMany { serials, request } => {
+            json!({ "results": app.revoke_many(caller, serials, request)? })
+        }
+        Request::CrlPublish { ca } => {
+            let name = match CaName::parse(ca) {
+                Ok(n) => n,
+                Err(e) => return app.refuse(caller, crate::revocation::CRL_OP, ca, e),
+            };
+            let crl = app.publish_crl(caller, name)?;
+            json!({
+                "ca": name, "number": crl.number, "entries": crl.entries, "sha256": crl.sha256,
+                "this_update": crate::policy::rfc3339(crl.this_update.unix_timestamp()),
+                "next_update": crate::policy::rfc3339(crl.next_update.unix_timestamp()),
+            })
         }
         Request::Checkpoint => {
             let note = match app.audit.checkpoint()? {

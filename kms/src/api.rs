@@ -56,6 +56,7 @@ pub fn router(app: Arc<Appliance>) -> Router {
         .route("/v1/devices/{serial}/certificate", post(issue))
         .route("/v1/devices/{serial}/record", post(record))
         .route("/v1/devices/{serial}", get(device))
+        .route("/v1/certificates/{serial}/revoke", post(revoke))
         .route("/.well-known/est/cacerts", get(est_cacerts))
         .route("/.well-known/est/simpleenroll", post(est_enroll))
         .route("/.well-known/est/simplereenroll", post(est_reenroll))
@@ -150,6 +151,13 @@ async fn read_body(api: &Api, body: Body) -> Result<Bytes> {
     })
 }
 
+/// A JSON request body (`what` names it in the error).
+fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes>, what: &str) -> Result<T> {
+    body.and_then(|b| {
+        serde_json::from_slice(&b).map_err(|e| Error::MalformedRequest(format!("{what}: {e}")))
+    })
+}
+
 /// Run `f` on a blocking thread; its error as the JSON answer.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
@@ -198,16 +206,12 @@ async fn issue(
     let body = read_body(&api, body).await;
     let who = caller(&identity);
     let app = api.app.clone();
-    let outcome = blocking(move || {
-        let parsed = body.and_then(|b| {
-            serde_json::from_slice::<IssueBody>(&b)
-                .map_err(|e| Error::MalformedRequest(format!("certificate request: {e}")))
-        });
-        match parsed {
+    let outcome = blocking(
+        move || match json_body::<IssueBody>(body, "certificate request") {
             Ok(req) => app.issue(&who, &serial, &req.hw_uuid, req.csr.as_bytes(), false),
             Err(e) => app.refuse(&who, crate::auditing::ISSUE_OP, &serial, e),
-        }
-    })
+        },
+    )
     .await;
     match outcome {
         Ok(issued) => {
@@ -218,6 +222,31 @@ async fn issue(
             };
             (status, Json(issued)).into_response()
         }
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/certificates/{serial_number}/revoke` `{reason,
+/// invalidity_date?, ca?}` (officers): 200 with the revocation in force,
+/// `already_revoked` telling whether it was this request's.
+async fn revoke(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Serial(serial): Serial,
+    body: Body,
+) -> Response {
+    let body = read_body(&api, body).await;
+    let who = caller(&identity);
+    let app = api.app.clone();
+    let outcome = blocking(move || {
+        match json_body::<crate::revocation::RevokeRequest>(body, "revocation request") {
+            Ok(req) => app.revoke(&who, &serial, &req),
+            Err(e) => app.refuse(&who, crate::revocation::REVOKE_OP, &serial, e),
+        }
+    })
+    .await;
+    match outcome {
+        Ok(r) => Json(r).into_response(),
         Err(r) => r,
     }
 }

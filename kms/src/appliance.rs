@@ -18,8 +18,10 @@ use crate::credentials::{self, ClientCredential, ClientRecord, ClientRole, Revok
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::policy::{Caller, PolicyState};
+use crate::revocation::{self, CaName, Revocations};
 use crate::storage::SledStore;
 use crate::token::Token;
+use ca::RevocationReason;
 
 /// Operation name of a device lookup.
 pub const DEVICE_READ_OP: &str = "device.read";
@@ -51,6 +53,8 @@ pub struct Appliance {
     pub revoked: Arc<Revoked>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Revoked certificates of every CA, CRLs and OCSP.
+    pub revocations: Arc<Revocations>,
     chain_pem: String,
 }
 
@@ -179,10 +183,23 @@ impl Appliance {
                 "re-applied issuance records the store lacked"
             );
         }
+        if replay.revocations > 0 {
+            tracing::warn!(
+                restored = replay.revocations,
+                "re-applied revocation records the store lacked"
+            );
+        }
         for (station, at) in &replay.issued_since {
             policy.quotas().record(station, *at);
         }
         let revoked = Revoked::load(store.as_ref())?;
+        let revocations = Arc::new(Revocations::open(
+            &cfg,
+            &token,
+            store.clone(),
+            audit.clone(),
+        )?);
+        revocations.raise_numbers(&replay.crl_numbers)?;
         let chain_pem = ceremony::chain_pem(&cfg)?;
         let metrics = Arc::new(Metrics::default());
         let observed = metrics.clone();
@@ -196,6 +213,7 @@ impl Appliance {
             policy,
             revoked,
             metrics,
+            revocations,
             chain_pem,
         })
     }
@@ -245,6 +263,25 @@ impl Appliance {
             reenroll,
         )?;
         self.metrics.issuance.observe(started.elapsed());
+        if let Some(old) = &issued.superseded {
+            // The new certificate is issued and durable whatever happens
+            // here; a failed revocation is logged for an officer to redo.
+            if self.policy.current().reissue().revoke_superseded {
+                if let Err(e) = self.revoke_checked(
+                    caller.name(),
+                    old,
+                    RevocationReason::Superseded,
+                    None,
+                    Some(CaName::Intermediate),
+                    json!({ "superseded_by": issued.serial_number }),
+                ) {
+                    tracing::error!(
+                        serial_number = %old, error = %e,
+                        "superseded certificate not revoked: revoke it with kmsctl cert revoke"
+                    );
+                }
+            }
+        }
         Ok(IssuedView {
             serial_number: issued.serial_number,
             certificate: ceremony::pem(&issued.certificate_der)?,
@@ -420,25 +457,47 @@ impl Appliance {
         Ok(cred)
     }
 
-    /// Revoke every certificate of `id`; refused at its next handshake.
-    pub fn revoke_client(&self, caller: &Caller, id: &str) -> Result<Vec<String>> {
-        let outcome = self
+    /// Revoke every certificate of station or officer `id` (refused at its
+    /// next handshake, listed in the internal CA's CRL); the serials newly
+    /// revoked (empty when all already were).
+    pub fn revoke_client(
+        &self,
+        caller: &Caller,
+        id: &str,
+        reason: RevocationReason,
+    ) -> Result<Vec<String>> {
+        let mine = self
             .policy
-            .check(caller, &policies::Action::Admin)
+            .check(caller, &policies::Action::Revoke)
             .and_then(|()| {
-                credentials::revoke(
-                    self.store.as_ref(),
-                    &self.audit,
-                    &self.revoked,
-                    caller.name(),
-                    id,
-                )
+                let mine: Vec<_> = credentials::list(self.store.as_ref())?
+                    .into_iter()
+                    .filter(|r| r.id == id)
+                    .collect();
+                if mine.is_empty() {
+                    return Err(Error::InvalidInput(format!("no credential for {id:?}")));
+                }
+                Ok(mine)
             });
-        match outcome {
-            Ok(s) => Ok(s),
-            Err(e @ Error::Audit(_)) => Err(e),
-            Err(e) => self.refuse(caller, credentials::REVOKE_OP, id, e),
+        let mine = match mine {
+            Ok(m) => m,
+            Err(e) => return self.refuse(caller, revocation::REVOKE_OP, id, e),
+        };
+        let mut newly = Vec::new();
+        for r in mine.iter().filter(|r| r.revoked_at.is_none()) {
+            let done = self.revoke_checked(
+                caller.name(),
+                &r.serial_number,
+                reason,
+                None,
+                Some(CaName::Internal),
+                json!({ "client_id": id }),
+            )?;
+            if !done.already_revoked {
+                newly.push(r.serial_number.clone());
+            }
         }
+        Ok(newly)
     }
 
     /// Every client certificate.

@@ -237,6 +237,10 @@ pub struct Replay {
     pub clients: u64,
     /// Provisioning records re-applied (rebuild only).
     pub records: u64,
+    /// Revocations re-applied.
+    pub revocations: u64,
+    /// The highest CRL number the log shows per CA.
+    pub crl_numbers: std::collections::HashMap<crate::revocation::CaName, u64>,
     /// New certificates issued at or after the `since` time: (actor, unix
     /// seconds), for the station quotas.
     pub issued_since: Vec<(String, i64)>,
@@ -274,12 +278,16 @@ fn replay(
 ) -> Result<Replay> {
     use crate::appliance::RECORD_OP;
     use crate::credentials::{ISSUE_OP as CRED_ISSUE, REVOKE_OP as CRED_REVOKE};
+    use crate::revocation::{CaName, CRL_OP, REVOKE_OP};
     let mut out = Replay::default();
     let full_ops = [ALLOW_REISSUE_OP, CRED_ISSUE, CRED_REVOKE, RECORD_OP];
     audit::for_each_record(&cfg.audit.dir, |_, body| {
         // Cheap filter before parsing: most records are none of these.
         let mentions = |op: &str| body.windows(op.len()).any(|w| w == op.as_bytes());
-        let wanted = mentions(ISSUE_OP) || (full && full_ops.iter().any(|op| mentions(op)));
+        let wanted = mentions(ISSUE_OP)
+            || mentions(REVOKE_OP)
+            || mentions(CRL_OP)
+            || (full && full_ops.iter().any(|op| mentions(op)));
         if !wanted {
             return Ok(());
         }
@@ -303,6 +311,17 @@ fn replay(
                 let at = i64::try_from(r.time_ms / 1000).unwrap_or(i64::MAX);
                 if at >= since {
                     out.issued_since.push((r.actor.clone(), at));
+                }
+            }
+            REVOKE_OP => {
+                let restored = crate::revocation::restore(store, &r.details).map_err(failed)?;
+                out.revocations += u64::from(restored);
+            }
+            CRL_OP => {
+                if let (Ok(ca), Some(n)) = (CaName::parse(&r.subject), r.details["number"].as_u64())
+                {
+                    let seen = out.crl_numbers.entry(ca).or_default();
+                    *seen = (*seen).max(n);
                 }
             }
             ALLOW_REISSUE_OP if full => {

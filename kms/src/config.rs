@@ -33,6 +33,41 @@ pub struct Config {
     /// Who may do what.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// CRLs and OCSP.
+    #[serde(default)]
+    pub revocation: RevocationConfig,
+}
+
+/// `[revocation]`: how often CRLs are made and how long answers are valid.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// CRL nextUpdate minus thisUpdate, hours. A CRL is re-signed when half
+    /// of it has passed, and sooner after revocations.
+    #[serde(default = "defaults::crl_validity_hours")]
+    pub crl_validity_hours: u64,
+    /// After a revocation, how long to wait for more before re-signing the
+    /// CRL (one signature for a burst), ms.
+    #[serde(default = "defaults::crl_coalesce_ms")]
+    pub crl_coalesce_ms: u64,
+    /// OCSP nextUpdate minus thisUpdate, minutes. A cached response is
+    /// re-signed when half of it has passed.
+    #[serde(default = "defaults::ocsp_validity_minutes")]
+    pub ocsp_validity_minutes: u64,
+    /// Most pre-signed OCSP responses kept in memory.
+    #[serde(default = "defaults::ocsp_cache_entries")]
+    pub ocsp_cache_entries: usize,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            crl_validity_hours: defaults::crl_validity_hours(),
+            crl_coalesce_ms: defaults::crl_coalesce_ms(),
+            ocsp_validity_minutes: defaults::ocsp_validity_minutes(),
+            ocsp_cache_entries: defaults::ocsp_cache_entries(),
+        }
+    }
 }
 
 /// `[policy]`: the policy file (see README, "Policy").
@@ -317,6 +352,18 @@ mod defaults {
     pub fn shutdown_grace_ms() -> u64 {
         10_000
     }
+    pub fn crl_validity_hours() -> u64 {
+        24
+    }
+    pub fn crl_coalesce_ms() -> u64 {
+        1_000
+    }
+    pub fn ocsp_validity_minutes() -> u64 {
+        60
+    }
+    pub fn ocsp_cache_entries() -> usize {
+        100_000
+    }
 }
 
 /// Largest pool we accept; more sessions than this buys nothing on a 2-core
@@ -354,6 +401,17 @@ impl Config {
         if cfg.audit.origin.is_empty() || cfg.audit.origin.contains(['+', ' ', '\n']) {
             return Err(
                 "audit.origin must be non-empty without spaces or '+' (a C2SP key name)".into(),
+            );
+        }
+        let r = &cfg.revocation;
+        if !(1..=24 * 31).contains(&r.crl_validity_hours)
+            || r.crl_coalesce_ms > 60_000
+            || !(2..=7 * 24 * 60).contains(&r.ocsp_validity_minutes)
+        {
+            return Err(
+                "revocation: crl_validity_hours must be 1 to 744, crl_coalesce_ms at most \
+                 60000, ocsp_validity_minutes 2 to 10080"
+                    .into(),
             );
         }
         if cfg

@@ -39,6 +39,8 @@ pub const SERVER_RENEW_DAYS: i64 = 30;
 /// Audit operation of a credential issuance.
 pub const ISSUE_OP: &str = "credential.issue";
 /// Audit operation of a credential revocation.
+/// (Revocations are `certificate.revoke` records now; old logs may hold
+/// this one.)
 pub const REVOKE_OP: &str = "credential.revoke";
 
 /// A client role a credential is issued for (the certificate's OU).
@@ -121,7 +123,7 @@ impl Revoked {
         }
     }
 
-    fn extend(&self, serials: impl IntoIterator<Item = String>) {
+    pub(crate) fn extend(&self, serials: impl IntoIterator<Item = String>) {
         match self.0.write() {
             Ok(mut set) => set.extend(serials),
             Err(poisoned) => poisoned.into_inner().extend(serials),
@@ -401,49 +403,6 @@ pub fn list(store: &dyn Store) -> Result<Vec<ClientRecord>> {
             _ => return Ok(out),
         }
     }
-}
-
-/// Revoke every certificate of `id`; the serials newly revoked (empty when
-/// all already were). `revoked` learns them at once, so the next handshake
-/// with any of them is refused.
-pub fn revoke(
-    store: &dyn Store,
-    log: &audit::Log,
-    revoked: &Revoked,
-    actor: &str,
-    id: &str,
-) -> Result<Vec<String>> {
-    let mine: Vec<_> = list(store)?.into_iter().filter(|r| r.id == id).collect();
-    if mine.is_empty() {
-        return Err(Error::InvalidInput(format!("no credential for {id:?}")));
-    }
-    let at = rfc3339(now_s()?);
-    let mut newly = Vec::new();
-    for old in mine.iter().filter(|r| r.revoked_at.is_none()) {
-        let mut r = old.clone();
-        r.revoked_at = Some(at.clone());
-        r.revoked_by = Some(actor.to_owned());
-        crate::auditing::record(
-            log,
-            actor,
-            REVOKE_OP,
-            id,
-            "ok",
-            serde_json::json!({ "serial_number": r.serial_number, "client": r }),
-        )?;
-        // Refused from now on, whatever happens to the store write.
-        revoked.extend([r.serial_number.clone()]);
-        match store_record(store, &r, Some(old)) {
-            Ok(()) => newly.push(r.serial_number),
-            // A concurrent revocation got there first.
-            Err(Error::Store(store::Error::Corrupt(_)))
-                if list(store)?
-                    .iter()
-                    .any(|x| x.serial_number == r.serial_number && x.revoked_at.is_some()) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(newly)
 }
 
 /// The names the server certificate must carry: `server.names` as DNS

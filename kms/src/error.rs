@@ -258,6 +258,26 @@ pub enum Error {
         limit: usize,
     },
 
+    /// No certificate of ours has this serial.
+    #[error("no certificate with serial {0} was issued by this appliance")]
+    CertificateNotFound(String),
+
+    /// The certificate exists, but another of our CAs issued it than the
+    /// request names.
+    #[error("certificate {serial_number} was issued by the {issuer} CA, not the {asked} CA")]
+    IssuerMismatch {
+        /// The serial.
+        serial_number: String,
+        /// Its issuer.
+        issuer: &'static str,
+        /// What the request named.
+        asked: String,
+    },
+
+    /// The CA's CRL cannot be made here (its key is not on this token).
+    #[error("no CRL for the {0} CA on this appliance (its key is not on the token)")]
+    CrlUnavailable(String),
+
     /// A broken internal invariant; a bug, reported instead of panicking.
     #[error("internal error: {0}")]
     Unreachable(&'static str),
@@ -307,6 +327,9 @@ impl Error {
             Error::ClientRevoked { .. } => "client_revoked",
             Error::TooManyRecords { .. } => "too_many_records",
             Error::Denied(d) => d.code.as_str(),
+            Error::CertificateNotFound(_) => "certificate_not_found",
+            Error::IssuerMismatch { .. } => "issuer_mismatch",
+            Error::CrlUnavailable(_) => "crl_unavailable",
             Error::Unreachable(_) => "internal_error",
         }
     }
@@ -341,6 +364,8 @@ impl Error {
             Error::UnsupportedMediaType(_) => 415,
             Error::ClientRevoked { .. } => 403,
             Error::TooManyRecords { .. } => 409,
+            Error::CertificateNotFound(_) | Error::CrlUnavailable(_) => 404,
+            Error::IssuerMismatch { .. } => 409,
             Error::Denied(d) => match d.code {
                 policies::Code::QuotaExceeded => 429,
                 policies::Code::MalformedSerial => 400,

@@ -1,16 +1,19 @@
 //! The plain-HTTP publication port of `kmsd`: `/healthz`, `/ca/chain.pem`,
-//! `/metrics` (CRLs and OCSP arrive with the revocation issue). The mTLS API
-//! is in [`crate::api`].
+//! `/crl/{ca}.crl`, OCSP (`POST /ocsp`, `GET /ocsp/{base64}`), `/metrics`.
+//! The mTLS API is in [`crate::api`].
 //!
 //! [`error_response`] is the one place an [`Error`] becomes an HTTP answer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::Path;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -28,10 +31,20 @@ pub fn health_router(token: Arc<Token>) -> Router {
         .with_state(token)
 }
 
-/// The publication router: health, the CA chain, metrics.
+/// Largest OCSP request body read (a request for 16 certificates is well
+/// under 2 KiB); more is answered `malformedRequest`.
+const MAX_OCSP_BODY: usize = 16 * 1024;
+
+/// How long an OCSP request body may take to arrive.
+const OCSP_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The publication router: health, the CA chain, CRLs, OCSP, metrics.
 pub fn publication_router(app: Arc<Appliance>) -> Router {
     Router::new()
         .route("/ca/chain.pem", get(chain))
+        .route("/crl/{file}", get(crl))
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
         .route("/metrics", get(metrics))
         .with_state(app.clone())
         .merge(health_router(app.token.clone()))
@@ -43,6 +56,120 @@ async fn chain(State(app): State<Arc<Appliance>>) -> Response {
         app.chain_pem().to_owned(),
     )
         .into_response()
+}
+
+/// HTTP date (RFC 9110 IMF-fixdate) of a time.
+fn http_date(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.format(&f).unwrap_or_default()
+}
+
+/// `GET /crl/{ca}.crl`: the CA's current CRL (DER), with an ETag (its
+/// SHA-256) and Last-Modified (its thisUpdate); 304 for a matching
+/// `If-None-Match`.
+async fn crl(
+    State(app): State<Arc<Appliance>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(name) = file.strip_suffix(".crl") else {
+        return error_response(&Error::NotFound(format!(
+            "/crl/{}",
+            file.chars().take(64).collect::<String>()
+        )));
+    };
+    let ca = match crate::revocation::CaName::parse(name) {
+        Ok(ca) => ca,
+        Err(_) => {
+            return error_response(&Error::NotFound(format!(
+                "/crl/{}",
+                file.chars().take(64).collect::<String>()
+            )))
+        }
+    };
+    let Some(crl) = app.revocations.crl(ca) else {
+        return error_response(&Error::CrlUnavailable(ca.as_str().into()));
+    };
+    let etag = format!("\"{}\"", crl.sha256);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let max_age = (crl.next_update - time::OffsetDateTime::now_utc())
+        .whole_seconds()
+        .clamp(0, 3600);
+    let common = [
+        (header::ETAG, etag.clone()),
+        (header::LAST_MODIFIED, http_date(crl.this_update)),
+        (header::EXPIRES, http_date(crl.next_update)),
+        (header::CACHE_CONTROL, format!("public, max-age={max_age}")),
+    ];
+    if matches {
+        return (StatusCode::NOT_MODIFIED, common).into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "application/pkix-crl".to_owned())],
+        common,
+        crl.der.clone(),
+    )
+        .into_response()
+}
+
+/// An OCSP answer (always 200 with an OCSPResponse, RFC 6960 Appendix A),
+/// counted by outcome.
+async fn ocsp_answer(app: Arc<Appliance>, request: Vec<u8>, get: bool) -> Response {
+    let app2 = app.clone();
+    let answered = tokio::task::spawn_blocking(move || app2.revocations.ocsp(&request)).await;
+    let (der, outcome) = answered.unwrap_or_else(|_| {
+        (
+            ca::ocsp_error_response(ca::OcspErrorStatus::InternalError),
+            "internal_error",
+        )
+    });
+    app.metrics
+        .request(if get { "GET /ocsp" } else { "POST /ocsp" }, outcome);
+    let mut r = ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response();
+    if get && matches!(outcome, "cached" | "signed") {
+        // RFC 5019 §6: GET answers may be cached by HTTP caches.
+        let max_age = app.cfg.revocation.ocsp_validity_minutes * 30;
+        if let Ok(v) = header::HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+            r.headers_mut().insert(header::CACHE_CONTROL, v);
+        }
+    }
+    r
+}
+
+/// `POST /ocsp` with a DER OCSPRequest.
+async fn ocsp_post(State(app): State<Arc<Appliance>>, body: Body) -> Response {
+    let read =
+        tokio::time::timeout(OCSP_BODY_TIMEOUT, axum::body::to_bytes(body, MAX_OCSP_BODY)).await;
+    match read {
+        Ok(Ok(bytes)) => ocsp_answer(app, bytes.to_vec(), false).await,
+        // Too big, too slow, or broken: not a request we can read.
+        _ => {
+            app.metrics.request("POST /ocsp", "malformed_request");
+            (
+                [(header::CONTENT_TYPE, "application/ocsp-response")],
+                ca::ocsp_error_response(ca::OcspErrorStatus::MalformedRequest),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /ocsp/{base64}`: the DER request, base64 (standard or URL-safe
+/// alphabet), URL-encoded.
+async fn ocsp_get(State(app): State<Arc<Appliance>>, Path(encoded): Path<String>) -> Response {
+    use base64::Engine as _;
+    let text = encoded.trim_start_matches('/');
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(text))
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+        .unwrap_or_default();
+    ocsp_answer(app, der, true).await
 }
 
 async fn metrics(State(app): State<Arc<Appliance>>) -> Response {

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pin;
 pub mod policy;
 pub mod quickstart;
+pub mod revocation;
 pub mod server;
 pub mod storage;
 pub mod token;

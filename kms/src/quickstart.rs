@@ -147,7 +147,8 @@ fn create_token_and_config(dir: &Path, config: &Path, opts: &Options) -> Result<
          [ca]\nprofiles = \"profiles.toml\"\n\n\
          [storage]\npath = \"data\"\n\n\
          [audit]\ndir = \"audit\"\n\n\
-         [policy]\nfile = \"policy.toml\"\n",
+         [policy]\nfile = \"policy.toml\"\n\n\
+         [revocation]\ncrl_validity_hours = 24\ncrl_coalesce_ms = 1000\nocsp_validity_minutes = 60\n",
         module = opts.module.display().to_string(),
         conf = conf.display().to_string(),
         api = opts.api,

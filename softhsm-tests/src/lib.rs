@@ -187,6 +187,33 @@ pub fn openssl_csr(dir: &Path, name: &str, curve: &str, cn: &str) -> PathBuf {
     csr
 }
 
+/// A self-signed P-256 certificate made by OpenSSL with `subject` (e.g.
+/// `/CN=Foreign CA`), valid one day: a CA or client that is not ours.
+/// Returns (key path, certificate path).
+pub fn openssl_self_signed(dir: &Path, name: &str, subject: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.pem"));
+    let out = run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", subject, "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(
+        out.status.success(),
+        "openssl req -x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (key, cert)
+}
+
 /// Run a command, panicking with its name if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()

@@ -254,8 +254,19 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
                 .to_owned()
         })
         .collect();
-    // The TLS server credential was made at init; the start reuses it.
-    assert_eq!(service, ["service.start", "policy.load", "service.stop"]);
+    // The TLS server credential was made at init; the start reuses it and
+    // signs a fresh CRL for each of the three CAs before serving.
+    assert_eq!(
+        service,
+        [
+            "service.start",
+            "policy.load",
+            "crl.publish",
+            "crl.publish",
+            "crl.publish",
+            "service.stop"
+        ]
+    );
     let verified = kmsctl(&["--json", "audit", "verify"]);
     let v: serde_json::Value = serde_json::from_str(&verified).unwrap();
     assert_eq!(v["records"], v["checkpointed"], "{verified}");

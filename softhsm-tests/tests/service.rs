@@ -240,28 +240,8 @@ fn handshakes_without_a_valid_client_certificate_are_refused_and_revocation_is_i
     let none = s_client(&a, None);
     assert!(none.contains("alert certificate required"), "{none}");
     // A certificate from another CA, with a station's name.
-    let other_key = tmp.join("other.key");
-    let other = tmp.join("other.pem");
-    assert!(run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=station-01/OU=station",
-            "-keyout"
-        ])
-        .arg(&other_key)
-        .arg("-out")
-        .arg(&other))
-    .status
-    .success());
+    let (other_key, other) =
+        softhsm_tests::openssl_self_signed(&tmp, "other", "/CN=station-01/OU=station");
     let foreign = s_client(&a, Some((&other, &other_key)));
     assert!(foreign.contains("alert certificate unknown"), "{foreign}");
 

@@ -29,17 +29,23 @@ pub enum Tree {
     Clients,
     /// Provisioning records by module serial.
     Records,
+    /// Revocations by certificate serial (lowercase hex), every CA.
+    Revocations,
+    /// Small appliance counters (the CRL numbers) by name.
+    Counters,
 }
 
 impl Tree {
     /// Every tree, for backends that create them up front.
-    pub const ALL: [Tree; 6] = [
+    pub const ALL: [Tree; 8] = [
         Tree::Certificates,
         Tree::Devices,
         Tree::HardwareIds,
         Tree::PublicKeys,
         Tree::Clients,
         Tree::Records,
+        Tree::Revocations,
+        Tree::Counters,
     ];
 
     /// Stable name, used as the sled tree name.
@@ -51,6 +57,8 @@ impl Tree {
             Tree::PublicKeys => "public_keys",
             Tree::Clients => "clients",
             Tree::Records => "records",
+            Tree::Revocations => "revocations",
+            Tree::Counters => "counters",
         }
     }
 }

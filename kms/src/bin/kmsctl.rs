@@ -16,6 +16,7 @@ use kms::credentials::ClientRole;
 use kms::pin::load_pin;
 use kms::policy::Caller;
 use kms::quickstart;
+use kms::revocation::RevokeRequest;
 use kms::storage::SledStore;
 use kms::token::Token;
 use serde_json::json;
@@ -117,6 +118,66 @@ enum Command {
     Officer {
         #[command(subcommand)]
         command: ClientCommand,
+    },
+    /// Many at once.
+    Batch {
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
+    /// Certificate revocation lists.
+    Crl {
+        #[command(subcommand)]
+        command: CrlCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct RevokeArgs {
+    /// RFC 5280 reason: unspecified, keyCompromise, cACompromise,
+    /// affiliationChanged, superseded, cessationOfOperation,
+    /// privilegeWithdrawn, aACompromise.
+    #[arg(long)]
+    reason: String,
+    /// When the key was (or may have been) compromised, RFC 3339.
+    #[arg(long)]
+    invalidity_date: Option<String>,
+}
+
+impl RevokeArgs {
+    fn request(&self, ca: Option<&str>) -> RevokeRequest {
+        RevokeRequest {
+            reason: self.reason.clone(),
+            invalidity_date: self.invalidity_date.clone(),
+            ca: ca.map(str::to_owned),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum BatchCommand {
+    /// Revoke every certificate serial listed in a file (one hex serial per
+    /// line; blank lines and lines starting with # are skipped), in
+    /// requests of 1000, with a progress bar. Exits non-zero if any failed.
+    Revoke {
+        /// The file.
+        #[arg(long)]
+        from_file: PathBuf,
+        #[command(flatten)]
+        how: RevokeArgs,
+        /// Refuse serials not issued by this CA (root, intermediate, internal).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CrlCommand {
+    /// Sign a new CRL now (kmsd also does it after revocations and on
+    /// schedule) and print its number and size.
+    Publish {
+        /// root, intermediate or internal (default: every CA whose key is here).
+        #[arg(long)]
+        issuer: Option<String>,
     },
 }
 
@@ -231,6 +292,17 @@ enum CertCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke a certificate of any of our CAs by its serial (hex). Revoking
+    /// again reports the first revocation and changes nothing.
+    Revoke {
+        /// Certificate serial, hex (colons allowed).
+        serial: String,
+        #[command(flatten)]
+        how: RevokeArgs,
+        /// Refuse unless this CA issued it (root, intermediate, internal).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +316,13 @@ enum DeviceCommand {
     Show {
         /// Module serial.
         serial: String,
+    },
+    /// Revoke every certificate of a device.
+    Revoke {
+        /// Module serial.
+        serial: String,
+        #[command(flatten)]
+        how: RevokeArgs,
     },
 }
 
@@ -272,10 +351,14 @@ enum ClientCommand {
     },
     /// List credentials: serial, expiry, revocation.
     List,
-    /// Revoke every certificate of ID; its next TLS handshake is refused.
+    /// Revoke every certificate of ID; its next TLS handshake is refused
+    /// and the internal CA's CRL lists it.
     Revoke {
         /// Identity.
         id: String,
+        /// RFC 5280 reason.
+        #[arg(long, default_value = "cessationOfOperation")]
+        reason: String,
     },
 }
 
@@ -362,6 +445,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&cas)?);
             } else {
                 print_cas(&cas);
+            }
+            Ok(())
+        }
+        Command::Cert {
+            command:
+                CertCommand::Revoke {
+                    serial,
+                    how,
+                    issuer,
+                },
+        } => {
+            let v = request(
+                &cli,
+                &Request::Revoke {
+                    serial_number: serial.clone(),
+                    request: how.request(issuer.as_deref()),
+                },
+            )?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                print_revoked(&v);
             }
             Ok(())
         }
@@ -504,6 +609,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         },
                     )?;
                     println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                DeviceCommand::Revoke { serial, how } => {
+                    let v = request(
+                        &cli,
+                        &Request::RevokeDevice {
+                            serial: serial.clone(),
+                            request: how.request(None),
+                        },
+                    )?;
+                    if cli.json {
+                        println!("{v}");
+                    } else {
+                        for r in v.as_array().into_iter().flatten() {
+                            print_revoked(r);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Batch {
+            command:
+                BatchCommand::Revoke {
+                    from_file,
+                    how,
+                    issuer,
+                },
+        } => batch_revoke(&cli, from_file, &how.request(issuer.as_deref())),
+        Command::Crl {
+            command: CrlCommand::Publish { issuer },
+        } => {
+            let all = ["root", "intermediate", "internal"];
+            let names: Vec<&str> = issuer.as_deref().map_or(all.to_vec(), |c| vec![c]);
+            for name in names {
+                match request(&cli, &Request::CrlPublish { ca: name.into() }) {
+                    Ok(v) if cli.json => println!("{v}"),
+                    Ok(v) => println!(
+                        "{name}: CRL number {} with {} entries, next update {}, sha256 {}",
+                        v["number"],
+                        v["entries"],
+                        v["next_update"].as_str().unwrap_or("?"),
+                        v["sha256"].as_str().unwrap_or("?")
+                    ),
+                    // Without --ca, a CA whose key is elsewhere is skipped.
+                    Err(e) if issuer.is_none() && format!("{e}").contains("not on the token") => {
+                        eprintln!("{name}: skipped ({e})");
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             Ok(())
@@ -655,8 +808,14 @@ fn client_command(
                 }
             }
         }
-        ClientCommand::Revoke { id } => {
-            let v = request(cli, &Request::RevokeClient { id: id.clone() })?;
+        ClientCommand::Revoke { id, reason } => {
+            let v = request(
+                cli,
+                &Request::RevokeClient {
+                    id: id.clone(),
+                    reason: Some(reason.clone()),
+                },
+            )?;
             if as_json {
                 println!("{v}");
             } else {
@@ -664,6 +823,98 @@ fn client_command(
                 println!("{id}: {n} certificate(s) revoked; refused from the next connection");
             }
         }
+    }
+    Ok(())
+}
+
+/// One revocation, as a line.
+fn print_revoked(v: &serde_json::Value) {
+    let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    if let Some(e) = v.get("error") {
+        eprintln!(
+            "{}: error[{}]: {}",
+            s("serial_number"),
+            e["code"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("?")
+        );
+        return;
+    }
+    let state = if v["already_revoked"] == true {
+        "already revoked"
+    } else {
+        "revoked"
+    };
+    println!(
+        "{} ({} CA, {}): {state} at {}, reason {}",
+        s("serial_number"),
+        s("ca"),
+        s("subject"),
+        s("revoked_at"),
+        s("reason")
+    );
+}
+
+/// `kmsctl batch revoke`: the file's serials in requests of 1000.
+fn batch_revoke(cli: &Cli, file: &Path, how: &RevokeRequest) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let serials: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if serials.is_empty() {
+        anyhow::bail!("{}: no serials", file.display());
+    }
+    how.parse()?; // a bad reason stops before the first request
+    let bar = indicatif::ProgressBar::new(serials.len() as u64);
+    bar.set_draw_target(if cli.json {
+        indicatif::ProgressDrawTarget::hidden()
+    } else {
+        indicatif::ProgressDrawTarget::stderr()
+    });
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} revoked ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    let (mut revoked, mut already, mut failed) = (0u64, 0u64, 0u64);
+    let mut rows = Vec::new();
+    for chunk in serials.chunks(kms::revocation::MAX_BATCH) {
+        let v = request(
+            cli,
+            &Request::RevokeMany {
+                serials: chunk.to_vec(),
+                request: how.clone(),
+            },
+        )?;
+        for r in v["results"].as_array().into_iter().flatten() {
+            if r.get("error").is_some() {
+                failed += 1;
+                bar.suspend(|| print_revoked(r));
+            } else if r["already_revoked"] == true {
+                already += 1;
+            } else {
+                revoked += 1;
+            }
+            if cli.json {
+                rows.push(r.clone());
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({ "revoked": revoked, "already_revoked": already, "failed": failed, "results": rows })
+        );
+    } else {
+        println!("{revoked} revoked, {already} already revoked, {failed} failed");
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} serials were not revoked", serials.len());
     }
     Ok(())
 }

@@ -85,11 +85,23 @@ fn main() -> anyhow::Result<()> {
         app.revoked.clone(),
     )?;
 
+    // Fresh CRLs before the first request; then the publisher keeps them
+    // fresh (after revocations, and at half their validity).
+    app.revocations
+        .publish_all()
+        .context("signing the CRLs at start")?;
+    let publisher = app
+        .revocations
+        .spawn()
+        .context("starting the CRL publisher")?;
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let outcome = runtime.block_on(serve(app, tls));
+    let outcome = runtime.block_on(serve(app.clone(), tls));
+    app.revocations.stop();
+    let _ = publisher.join();
     // Whatever ended the service, say so in the log and seal it.
     let result = if outcome.is_ok() { "ok" } else { "error" };
     kms::auditing::record(
