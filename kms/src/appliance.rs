@@ -193,15 +193,16 @@ impl Appliance {
             policy.quotas().record(station, *at);
         }
         let revoked = Revoked::load(store.as_ref())?;
+        let metrics = Arc::new(Metrics::default());
         let revocations = Arc::new(Revocations::open(
             &cfg,
             &token,
             store.clone(),
             audit.clone(),
+            metrics.clone(),
         )?);
         revocations.raise_numbers(&replay.crl_numbers)?;
         let chain_pem = ceremony::chain_pem(&cfg)?;
-        let metrics = Arc::new(Metrics::default());
         let observed = metrics.clone();
         audit.observe_syncs(Box::new(move |d| observed.audit_fsync.observe(d)));
         Ok(Self {

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub issuance: Histogram,
     /// One audit batch write + fdatasync.
     pub audit_fsync: Histogram,
+    /// One CRL: build, token signature, record, counter commit.
+    pub crl_build: Histogram,
     handshakes_refused: Mutex<BTreeMap<&'static str, u64>>,
     /// API connections open now.
     pub connections: AtomicI64,
@@ -104,6 +106,11 @@ impl Metrics {
             &mut out,
             "kms_issuance_seconds",
             "device certificate issuance latency, policy to answer",
+        );
+        self.crl_build.render(
+            &mut out,
+            "kms_crl_build_seconds",
+            "CRL publication: build, token signature, audit record, counter commit",
         );
         token.op_latency().render(
             &mut out,

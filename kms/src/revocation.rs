@@ -236,8 +236,7 @@ pub struct Revocations {
     ocsp_cache: Mutex<HashMap<(CaName, String, bool), Arc<CachedOcsp>>>,
     /// Wakes the publisher: (revocations pending, stop).
     wake: (Mutex<(bool, bool)>, Condvar),
-    /// CRL builds, for `/metrics`.
-    pub crl_build: crate::metrics::Histogram,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 const STRIPES: usize = 64;
@@ -290,6 +289,7 @@ impl Revocations {
         token: &Arc<Token>,
         store: Arc<dyn Store>,
         audit: Arc<audit::Log>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self> {
         let files = CaFiles::of(cfg);
         let mut slots = Vec::new();
@@ -340,7 +340,7 @@ impl Revocations {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             ocsp_cache: Mutex::new(HashMap::new()),
             wake: (Mutex::new((false, false)), Condvar::new()),
-            crl_build: crate::metrics::Histogram::default(),
+            metrics,
         };
         me.load()?;
         Ok(me)
@@ -452,7 +452,7 @@ impl Revocations {
         match outcome {
             Ok(crl) => {
                 *slot.published.write().unwrap_or_else(|p| p.into_inner()) = Some(crl.clone());
-                self.crl_build.observe(started.elapsed());
+                self.metrics.crl_build.observe(started.elapsed());
                 Ok(crl)
             }
             Err(e) => {

@@ -132,6 +132,23 @@ fn revoked_certificates_reach_the_crl_and_ocsp_as_openssl_sees_them() {
     let (bad, bad_pem) = issue(&a, "VBUS-CPU-2412-000701", 701);
     let (good, good_pem) = issue(&a, "VBUS-CPU-2412-000702", 702);
 
+    // The certificates point at the URLs we serve.
+    let (done, ext) = openssl(&[
+        "x509",
+        "-in",
+        bad_pem.to_str().unwrap(),
+        "-noout",
+        "-ext",
+        "crlDistributionPoints,authorityInfoAccess",
+    ]);
+    assert!(done, "{ext}");
+    let base = format!("http://127.0.0.1:{}", a.publication);
+    assert!(
+        ext.contains(&format!("URI:{base}/crl/intermediate.crl")),
+        "{ext}"
+    );
+    assert!(ext.contains(&format!("OCSP - URI:{base}/ocsp")), "{ext}");
+
     // Before: both good, the CRL empty.
     let (_, text) = fetch_crl(&a, "intermediate", &chain);
     assert!(text.contains("No Revoked Certificates."), "{text}");
