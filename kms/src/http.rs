@@ -120,14 +120,22 @@ async fn crl(
 /// An OCSP answer (always 200 with an OCSPResponse, RFC 6960 Appendix A),
 /// counted by outcome.
 async fn ocsp_answer(app: Arc<Appliance>, request: Vec<u8>, get: bool) -> Response {
-    let app2 = app.clone();
-    let answered = tokio::task::spawn_blocking(move || app2.revocations.ocsp(&request)).await;
-    let (der, outcome) = answered.unwrap_or_else(|_| {
-        (
-            ca::ocsp_error_response(ca::OcspErrorStatus::InternalError),
-            "internal_error",
-        )
-    });
+    // Cached answers and refusals need no token: answered here, the rest
+    // on a blocking thread.
+    let (der, outcome) = match app.revocations.ocsp_quick(&request) {
+        Some(answer) => answer,
+        None => {
+            let app2 = app.clone();
+            tokio::task::spawn_blocking(move || app2.revocations.ocsp(&request))
+                .await
+                .unwrap_or_else(|_| {
+                    (
+                        ca::ocsp_error_response(ca::OcspErrorStatus::InternalError),
+                        "internal_error",
+                    )
+                })
+        }
+    };
     app.metrics
         .request(if get { "GET /ocsp" } else { "POST /ocsp" }, outcome);
     let mut r = ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response();

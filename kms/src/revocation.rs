@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use ca::{CrlEntries, CrlIssuer, OcspCertId, OcspResponder, OcspStatus, RevocationReason};
+use ca::{CrlEntries, CrlIssuer, OcspResponder, OcspStatus, RevocationReason};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -233,7 +233,7 @@ pub struct Revocations {
     intermediate_serial: String,
     /// Revocations of the same serial run one at a time (striped).
     stripes: Vec<Mutex<()>>,
-    ocsp_cache: Mutex<HashMap<(CaName, String, bool), Arc<CachedOcsp>>>,
+    ocsp_cache: Mutex<HashMap<OcspKey, Arc<CachedOcsp>>>,
     /// Wakes the publisher: (revocations pending, stop).
     wake: (Mutex<(bool, bool)>, Condvar),
     metrics: Arc<crate::metrics::Metrics>,
@@ -347,16 +347,42 @@ impl Revocations {
     }
 
     /// Read every stored revocation into its CA's entry list.
+    /// Pages are decoded and encoded on every core: at a million entries
+    /// this is most of `kmsd`'s start-up.
     fn load(&self) -> Result<()> {
         const PAGE: usize = 10_000;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        type Entries = Vec<(CaName, Vec<u8>)>;
+        let decode = |part: &[(Vec<u8>, Vec<u8>)]| -> Result<Entries> {
+            part.iter()
+                .map(|(_, v)| {
+                    let r: RevocationRecord = serde_json::from_slice(v)
+                        .map_err(|e| store::Error::Corrupt(format!("revocation record: {e}")))?;
+                    Ok((r.ca, r.entry_der()?))
+                })
+                .collect()
+        };
         let mut from = Vec::new();
         loop {
             let page = self.store.scan(Tree::Revocations, &from, PAGE)?;
-            for (_, v) in &page {
-                let r: RevocationRecord = serde_json::from_slice(v)
-                    .map_err(|e| store::Error::Corrupt(format!("revocation record: {e}")))?;
-                let der = r.entry_der()?;
-                self.slot(r.ca).lock_state().entries.push(&der);
+            let chunk = page.len().div_ceil(threads).max(1);
+            let decoded: Vec<Result<Entries>> = std::thread::scope(|s| {
+                let handles: Vec<_> = page
+                    .chunks(chunk)
+                    .map(|part| s.spawn(move || decode(part)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or(Err(Error::Unreachable("revocation loader panicked")))
+                    })
+                    .collect()
+            });
+            for part in decoded {
+                for (ca, der) in part? {
+                    self.slot(ca).lock_state().entries.push(&der);
+                }
             }
             match page.last() {
                 Some((k, _)) if page.len() == PAGE => {
@@ -393,10 +419,8 @@ impl Revocations {
             .clone()
     }
 
-    /// Sign and publish a new CRL for `ca` now. `log_numbers` is the highest
-    /// CRL number per CA seen in the audit log (a crash after the record and
-    /// before the counter commit must not reuse a number).
-    pub fn publish(&self, ca: CaName) -> Result<Arc<PublishedCrl>> {
+    /// Sign and publish a new CRL for `ca` now, recorded as `actor`'s.
+    pub fn publish(&self, ca: CaName, actor: &str) -> Result<Arc<PublishedCrl>> {
         let slot = self.slot(ca);
         let Some(issuer) = &slot.crl else {
             return Err(Error::CrlUnavailable(ca.as_str().into()));
@@ -418,7 +442,7 @@ impl Revocations {
             let sha256 = hex::encode(Sha256::digest(&der));
             auditing::record(
                 &self.audit,
-                "kmsd",
+                actor,
                 CRL_OP,
                 ca.as_str(),
                 "ok",
@@ -503,7 +527,7 @@ impl Revocations {
     pub fn publish_all(&self) -> Result<()> {
         for ca in CaName::ALL {
             if self.slot(ca).crl.is_some() {
-                self.publish(ca)?;
+                self.publish(ca, "kmsd")?;
             }
         }
         Ok(())
@@ -578,7 +602,7 @@ impl Revocations {
                         now_whole().is_ok_and(|n| (n - c.this_update).unsigned_abs() >= half)
                     });
                 if due {
-                    if let Err(e) = self.publish(ca) {
+                    if let Err(e) = self.publish(ca, "kmsd") {
                         tracing::error!(ca = ca.as_str(), error = %e, "CRL not published; retrying in 5 s");
                         let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
                         let _ = cv.wait_timeout_while(guard, Duration::from_secs(5), |(_, s)| !*s);
@@ -637,93 +661,135 @@ impl Revocations {
         })
     }
 
+    /// Answer an OCSP request (DER) without the token when that is
+    /// possible: a request that cannot be answered, or one the cache holds.
+    /// `None`: it needs a signature ([`Revocations::ocsp`], on a thread
+    /// that may block).
+    pub fn ocsp_quick(&self, request: &[u8]) -> Option<OcspAnswer> {
+        match self.ocsp_prepare(request) {
+            Err(answer) => Some(answer),
+            Ok(p) => self.ocsp_cached(&p),
+        }
+    }
+
     /// Answer an OCSP request (DER): always a DER OCSPResponse, an error
     /// status (`malformedRequest`, `unauthorized`, `internalError`) when no
-    /// answer can be given. The second value names the outcome for metrics.
-    pub fn ocsp(&self, request: &[u8]) -> (Vec<u8>, &'static str) {
-        use ca::OcspErrorStatus as S;
-        let req = match ca::parse_ocsp_request(request) {
-            Ok(r) => r,
-            Err(_) => {
-                return (
-                    ca::ocsp_error_response(S::MalformedRequest),
-                    "malformed_request",
-                )
-            }
+    /// answer can be given, with the outcome's name for metrics.
+    pub fn ocsp(&self, request: &[u8]) -> OcspAnswer {
+        let p = match self.ocsp_prepare(request) {
+            Ok(p) => p,
+            Err(answer) => return answer,
         };
-        // Every CertID must name the same CA of ours: a response has one signer.
-        let slot = req.ids.first().and_then(|first| {
-            self.slots.iter().find(|s| {
-                s.ocsp
-                    .as_ref()
-                    .is_some_and(|o| o.issues(first) && req.ids.iter().all(|id| o.issues(id)))
-            })
-        });
-        let (Some(slot), Some(responder)) = (slot, slot.and_then(|s| s.ocsp.as_ref())) else {
-            return (ca::ocsp_error_response(S::Unauthorized), "unauthorized");
-        };
-        let cacheable = req.ids.len() == 1 && req.nonce.is_none();
-        let key = |id: &OcspCertId| {
-            (
-                slot.name,
-                id.serial_number.clone(),
-                id.hash == Some(ca::OcspHash::Sha256),
-            )
-        };
-        if cacheable {
-            let hit = self
-                .ocsp_cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key(&req.ids[0]))
-                .filter(|c| c.fresh_until > Instant::now())
-                .cloned();
-            if let Some(c) = hit {
-                return (c.der.as_ref().clone(), "cached");
-            }
+        if let Some(hit) = self.ocsp_cached(&p) {
+            return hit;
         }
         let signed = (|| {
-            let answers = req
+            let answers = p
+                .req
                 .ids
                 .iter()
-                .map(|id| Ok((id, self.status(slot.name, &id.serial_number)?)))
+                .map(|id| Ok((id, self.status(p.slot.name, &id.serial_number)?)))
                 .collect::<Result<Vec<_>>>()?;
             let now = now_whole()?;
             let validity = time::Duration::minutes(
                 i64::try_from(self.cfg.ocsp_validity_minutes).unwrap_or(60),
             );
-            Ok::<_, Error>(responder.respond(
+            Ok::<_, Error>(p.responder.respond(
                 &answers,
                 now,
                 now,
                 now + validity,
-                req.nonce.as_deref(),
+                p.req.nonce.as_deref(),
             )?)
         })();
-        match signed {
-            Ok(der) if cacheable => {
-                let der = Arc::new(der);
-                let mut cache = self.ocsp_cache.lock().unwrap_or_else(|p| p.into_inner());
+        match (signed, &p.cache_key) {
+            (Ok(der), Some(key)) => {
+                let mut cache = self.ocsp_cache.lock().unwrap_or_else(|e| e.into_inner());
                 if cache.len() >= self.cfg.ocsp_cache_entries {
                     cache.clear();
                 }
                 cache.insert(
-                    key(&req.ids[0]),
+                    key.clone(),
                     Arc::new(CachedOcsp {
-                        der: der.clone(),
+                        der: Arc::new(der.clone()),
                         fresh_until: Instant::now()
                             + Duration::from_secs(self.cfg.ocsp_validity_minutes * 30),
                     }),
                 );
-                (der.as_ref().clone(), "signed")
+                (der, "signed")
             }
-            Ok(der) => (der, "signed"),
-            Err(e) => {
+            (Ok(der), None) => (der, "signed"),
+            (Err(e), _) => {
                 tracing::error!(error = %e, "OCSP response not signed");
-                (ca::ocsp_error_response(S::InternalError), "internal_error")
+                (
+                    ca::ocsp_error_response(ca::OcspErrorStatus::InternalError),
+                    "internal_error",
+                )
             }
         }
     }
+
+    /// Parse and route a request: the CA whose name and key hashes match
+    /// every CertID (a response has one signer), and the cache key when
+    /// the answer may be cached (one CertID, no nonce).
+    fn ocsp_prepare(&self, request: &[u8]) -> Result<PreparedOcsp<'_>, OcspAnswer> {
+        use ca::OcspErrorStatus as S;
+        let Ok(req) = ca::parse_ocsp_request(request) else {
+            return Err((
+                ca::ocsp_error_response(S::MalformedRequest),
+                "malformed_request",
+            ));
+        };
+        let found = req.ids.first().and_then(|first| {
+            self.slots.iter().find_map(|s| {
+                s.ocsp
+                    .as_ref()
+                    .filter(|o| o.issues(first) && req.ids.iter().all(|id| o.issues(id)))
+                    .map(|o| (s, o))
+            })
+        });
+        let Some((slot, responder)) = found else {
+            return Err((ca::ocsp_error_response(S::Unauthorized), "unauthorized"));
+        };
+        let cache_key = match (req.ids.as_slice(), &req.nonce) {
+            ([id], None) => Some((
+                slot.name,
+                id.serial_number.clone(),
+                id.hash == Some(ca::OcspHash::Sha256),
+            )),
+            _ => None,
+        };
+        Ok(PreparedOcsp {
+            req,
+            slot,
+            responder,
+            cache_key,
+        })
+    }
+
+    fn ocsp_cached(&self, p: &PreparedOcsp<'_>) -> Option<OcspAnswer> {
+        let key = p.cache_key.as_ref()?;
+        self.ocsp_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .filter(|c| c.fresh_until > Instant::now())
+            .map(|c| (c.der.as_ref().clone(), "cached"))
+    }
+}
+
+/// An OCSP answer (DER OCSPResponse) and its outcome for metrics:
+/// `cached`, `signed`, `malformed_request`, `unauthorized`, `internal_error`.
+pub type OcspAnswer = (Vec<u8>, &'static str);
+
+/// Cache key of a pre-signed answer: CA, serial, SHA-256 CertID (else SHA-1).
+type OcspKey = (CaName, String, bool);
+
+struct PreparedOcsp<'a> {
+    req: ca::OcspRequestInfo,
+    slot: &'a Slot,
+    responder: &'a OcspResponder,
+    cache_key: Option<OcspKey>,
 }
 
 impl Slot {
@@ -996,7 +1062,7 @@ impl Appliance {
     /// The CRL of `ca`, signed now (`kmsctl crl publish`).
     pub fn publish_crl(&self, caller: &Caller, ca: CaName) -> Result<Arc<PublishedCrl>> {
         match self.policy.check(caller, &policies::Action::Revoke) {
-            Ok(()) => self.revocations.publish(ca),
+            Ok(()) => self.revocations.publish(ca, caller.name()),
             Err(e) => self.refuse(caller, CRL_OP, ca.as_str(), e),
         }
     }

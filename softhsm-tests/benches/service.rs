@@ -39,7 +39,6 @@ use std::collections::HashSet;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +50,9 @@ use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use softhsm_tests::Running;
+
+mod common;
+use common::{command_line, env_secs, memory, mib, require_release_bins, thousands};
 
 const STATION: &str = "stations/station-01";
 /// The token label and intermediate key label `kmsctl quickstart` uses.
@@ -70,19 +72,7 @@ const MAX_DEVICES: usize = 999_999;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // `cargo test --all-targets` and nextest also run bench binaries: list
-    // nothing and run nothing unless cargo bench asked (it passes --bench).
-    if args.iter().any(|a| a == "--list") {
-        return;
-    }
-    if !args.iter().any(|a| a == "--bench") {
-        println!("service load benchmark: skipped (run it with `cargo bench -p softhsm-tests --bench service`)");
-        return;
-    }
-    if !bench() {
-        eprintln!("service bench: FAILED (see above)");
-        std::process::exit(1);
-    }
+    common::bench_main("service", &args, bench);
 }
 
 /// The whole run; `true` when nothing failed.
@@ -115,8 +105,8 @@ fn bench() -> bool {
     let idle = memory(pid);
     println!(
         "kmsd idle: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
-        mib(idle.0),
-        mib(idle.1)
+        mib(idle.0 as f64),
+        mib(idle.1 as f64)
     );
 
     // 1. Raw token rate, same token, kmsd running (idle).
@@ -223,39 +213,6 @@ fn bench() -> bool {
     failed == 0 && stopped
 }
 
-/// `cargo bench` runs this from target/release/deps; kmsd and kmsctl must
-/// be beside it in target/release.
-fn require_release_bins() {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("bench binary lives in target/<profile>/deps");
-    for name in ["kmsd", "kmsctl"] {
-        let path = profile.join(name);
-        if !path.exists() {
-            eprintln!(
-                "{} not built: run `cargo build --release --bins` first",
-                path.display()
-            );
-            std::process::exit(2);
-        }
-    }
-}
-
-fn env_secs(name: &str, default: f64) -> f64 {
-    match std::env::var(name) {
-        Ok(v) => match v.trim().parse::<f64>() {
-            Ok(s) if s > 0.0 && s.is_finite() => s,
-            _ => {
-                eprintln!("{name}={v:?}: want a positive number of seconds");
-                std::process::exit(2);
-            }
-        },
-        Err(_) => default,
-    }
-}
-
 /// `[token] module` and `[token.module_env]` of DIR/kmsd.toml.
 fn token_section(dir: &Path) -> (PathBuf, Vec<(String, String)>) {
     let text = std::fs::read_to_string(dir.join("kmsd.toml")).unwrap();
@@ -309,16 +266,6 @@ fn print_header(load_secs: f64, token_secs: f64, pid: u32) {
         kmsd.display()
     );
     println!("phases: issuance {load_secs} s each, raw token {token_secs} s each");
-}
-
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "?".into())
 }
 
 // ---------------------------------------------------------------- token
@@ -640,23 +587,6 @@ fn open_connections(port: u16) -> Option<i64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-/// VmRSS and VmHWM of `pid`, kB.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn mib(kb: u64) -> f64 {
-    kb as f64 / 1024.0
-}
-
 // ---------------------------------------------------------------- report
 
 fn print_table(raw: &Raw, rows: &[Row]) {
@@ -690,8 +620,8 @@ fn print_table(raw: &Raw, rows: &[Row]) {
             ms(r.percentile(50.0)),
             ms(r.percentile(99.0)),
             ms(r.percentile(99.9)),
-            mib(r.memory.0),
-            mib(r.memory.1),
+            mib(r.memory.0 as f64),
+            mib(r.memory.1 as f64),
             r.max_open.map_or_else(|| "?".to_owned(), |n| n.to_string()),
             r.rate() / one,
             r.rate() / two
@@ -713,17 +643,4 @@ fn print_table(raw: &Raw, rows: &[Row]) {
     println!("Latency: client-side, per successful request (for the new-connection row it includes building the client, TCP connect and the TLS handshake); nearest-rank percentiles, so p99.9 of fewer than 1,000 requests is the slowest one.");
     println!("Memory: kmsd's /proc/<pid>/status right after each phase; VmHWM is the peak since kmsd started. Max open conns: kms_connections_open sampled every 200 ms.");
     println!("Single run on a possibly shared machine: the figures are noisy.");
-}
-
-/// `1234.5` → `"1,235"`.
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
