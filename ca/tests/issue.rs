@@ -133,7 +133,12 @@ fn issued_certificate_is_exactly_the_profile() {
     for tree in Tree::ALL {
         let want = usize::from(!matches!(
             tree,
-            Tree::Clients | Tree::Records | Tree::Revocations | Tree::Counters
+            Tree::Clients
+                | Tree::Records
+                | Tree::Revocations
+                | Tree::Counters
+                | Tree::Firmware
+                | Tree::Approvals
         ));
         assert_eq!(store.len(tree).unwrap(), want, "{tree:?}");
     }

@@ -129,6 +129,36 @@ pub enum Request {
         /// Reason, invalidity date, CA for all of them.
         request: RevokeRequest,
     },
+    /// Make a firmware signing key for a product line.
+    FirmwareKeyCreate {
+        /// Product line.
+        product: String,
+        /// `ed25519` (default) or `p256`.
+        #[serde(default)]
+        algorithm: Option<String>,
+    },
+    /// Firmware signing keys (of one product, or all).
+    FirmwareKeys {
+        /// Product line.
+        #[serde(default)]
+        product: Option<String>,
+    },
+    /// Ask for a firmware signature (an approval request).
+    FirmwareSign(crate::firmware::SignRequest),
+    /// Approve an M-of-N request, naming the hash reviewed.
+    Approve {
+        /// Request id.
+        id: String,
+        /// Its hash, as shown by `approvals` / `approval`.
+        hash: String,
+    },
+    /// One approval request.
+    Approval {
+        /// Request id.
+        id: String,
+    },
+    /// Pending approval requests.
+    Approvals,
     /// Sign and publish a CRL now.
     CrlPublish {
         /// `root`, `intermediate` or `internal`.
@@ -149,6 +179,9 @@ pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value
         }
         Request::PolicyReload => Some((crate::policy::LOAD_OP, policies::Action::Admin)),
         Request::Clients => Some(("admin.read", policies::Action::Admin)),
+        Request::FirmwareKeys { .. } | Request::Approvals => {
+            Some(("admin.read", policies::Action::FirmwareSign))
+        }
         _ => None,
     };
     if let Some((op, action)) = gate {
@@ -222,6 +255,21 @@ pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value
         Request::RevokeMany { serials, request } => {
             json!({ "results": app.revoke_many(caller, serials, request)? })
         }
+        Request::FirmwareKeyCreate { product, algorithm } => to_json(&app.firmware_key_create(
+            caller,
+            product,
+            algorithm.as_deref().unwrap_or("ed25519"),
+        )?)?,
+        Request::FirmwareKeys { product } => to_json(&app.firmware_keys(product.as_deref())?)?,
+        Request::FirmwareSign(req) => app.firmware_sign(caller, req)?.view(),
+        Request::Approve { id, hash } => app.approve(caller, id, hash)?.view(),
+        Request::Approval { id } => app.approval(caller, id)?.view(),
+        Request::Approvals => Value::Array(
+            app.pending_approvals()?
+                .iter()
+                .map(crate::approvals::ApprovalRequest::view)
+                .collect(),
+        ),
         Request::CrlPublish { ca } => {
             let name = match CaName::parse(ca) {
                 Ok(n) => n,

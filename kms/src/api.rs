@@ -57,6 +57,8 @@ pub fn router(app: Arc<Appliance>) -> Router {
         .route("/v1/devices/{serial}/record", post(record))
         .route("/v1/devices/{serial}", get(device))
         .route("/v1/certificates/{serial}/revoke", post(revoke))
+        .route("/v1/firmware/sign", post(firmware_sign))
+        .route("/v1/approvals/{serial}", get(approval).post(approve))
         .route("/.well-known/est/cacerts", get(est_cacerts))
         .route("/.well-known/est/simpleenroll", post(est_enroll))
         .route("/.well-known/est/simplereenroll", post(est_reenroll))
@@ -151,6 +153,30 @@ async fn read_body(api: &Api, body: Body) -> Result<Bytes> {
     })
 }
 
+/// A JSON POST: read the body, and on a blocking thread parse it as `B`
+/// and run `f` with the caller; a body that does not parse is refused and
+/// audited as `op` on `subject`.
+async fn json_post<B, T>(
+    api: &Api,
+    identity: &Identity,
+    body: Body,
+    (what, op, subject): (&'static str, &'static str, String),
+    f: impl FnOnce(&Appliance, &Caller, B) -> Result<T> + Send + 'static,
+) -> std::result::Result<T, Response>
+where
+    B: serde::de::DeserializeOwned,
+    T: Send + 'static,
+{
+    let body = read_body(api, body).await;
+    let who = caller(identity);
+    let app = api.app.clone();
+    blocking(move || match json_body::<B>(body, what) {
+        Ok(b) => f(&app, &who, b),
+        Err(e) => app.refuse(&who, op, &subject, e),
+    })
+    .await
+}
+
 /// A JSON request body (`what` names it in the error).
 fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes>, what: &str) -> Result<T> {
     body.and_then(|b| {
@@ -203,13 +229,18 @@ async fn issue(
     Serial(serial): Serial,
     body: Body,
 ) -> Response {
-    let body = read_body(&api, body).await;
-    let who = caller(&identity);
-    let app = api.app.clone();
-    let outcome = blocking(
-        move || match json_body::<IssueBody>(body, "certificate request") {
-            Ok(req) => app.issue(&who, &serial, &req.hw_uuid, req.csr.as_bytes(), false),
-            Err(e) => app.refuse(&who, crate::auditing::ISSUE_OP, &serial, e),
+    let what = (
+        "certificate request",
+        crate::auditing::ISSUE_OP,
+        serial.clone(),
+    );
+    let outcome = json_post(
+        &api,
+        &identity,
+        body,
+        what,
+        move |app, who, req: IssueBody| {
+            app.issue(who, &serial, &req.hw_uuid, req.csr.as_bytes(), false)
         },
     )
     .await;
@@ -235,18 +266,83 @@ async fn revoke(
     Serial(serial): Serial,
     body: Body,
 ) -> Response {
-    let body = read_body(&api, body).await;
-    let who = caller(&identity);
-    let app = api.app.clone();
-    let outcome = blocking(move || {
-        match json_body::<crate::revocation::RevokeRequest>(body, "revocation request") {
-            Ok(req) => app.revoke(&who, &serial, &req),
-            Err(e) => app.refuse(&who, crate::revocation::REVOKE_OP, &serial, e),
-        }
+    let what = (
+        "revocation request",
+        crate::revocation::REVOKE_OP,
+        serial.clone(),
+    );
+    let outcome = json_post(&api, &identity, body, what, move |app, who, req| {
+        app.revoke(who, &serial, &req)
     })
     .await;
     match outcome {
         Ok(r) => Json(r).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/firmware/sign` `{product, version, security_version, sha256 |
+/// sha512}` (firmware signers): 202 with the approval request the policy's
+/// quorum must approve (`POST /v1/approvals/{id}`).
+async fn firmware_sign(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    body: Body,
+) -> Response {
+    let what = (
+        "firmware signing request",
+        crate::firmware::REQUEST_OP,
+        "-".into(),
+    );
+    let outcome = json_post(&api, &identity, body, what, |app, who, req| {
+        app.firmware_sign(who, &req)
+    })
+    .await;
+    match outcome {
+        Ok(r) => (StatusCode::ACCEPTED, Json(r.view())).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    hash: String,
+}
+
+/// `POST /v1/approvals/{id}` `{hash}`: approve the request whose content
+/// hashes to `hash`; 200 with the request (and its result once done).
+async fn approve(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Serial(id): Serial,
+    body: Body,
+) -> Response {
+    let what = ("approval", crate::approvals::APPROVE_OP, id.clone());
+    let outcome = json_post(
+        &api,
+        &identity,
+        body,
+        what,
+        move |app, who, b: ApproveBody| app.approve(who, &id, &b.hash),
+    )
+    .await;
+    match outcome {
+        Ok(r) => Json(r.view()).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/approvals/{id}`.
+async fn approval(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Serial(id): Serial,
+) -> Response {
+    let who = caller(&identity);
+    let app = api.app.clone();
+    match blocking(move || app.approval(&who, &id)).await {
+        Ok(r) => Json(r.view()).into_response(),
         Err(r) => r,
     }
 }

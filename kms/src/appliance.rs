@@ -55,6 +55,8 @@ pub struct Appliance {
     pub metrics: Arc<Metrics>,
     /// Revoked certificates of every CA, CRLs and OCSP.
     pub revocations: Arc<Revocations>,
+    /// Approvals are decided one at a time (the quorum is counted once).
+    pub(crate) approving: std::sync::Mutex<()>,
     chain_pem: String,
 }
 
@@ -215,6 +217,7 @@ impl Appliance {
             revoked,
             metrics,
             revocations,
+            approving: std::sync::Mutex::new(()),
             chain_pem,
         })
     }

@@ -239,6 +239,8 @@ pub struct Replay {
     pub records: u64,
     /// Revocations re-applied.
     pub revocations: u64,
+    /// Firmware keys and releases re-applied.
+    pub firmware: u64,
     /// The highest CRL number the log shows per CA.
     pub crl_numbers: std::collections::HashMap<crate::revocation::CaName, u64>,
     /// New certificates issued at or after the `since` time: (actor, unix
@@ -287,6 +289,7 @@ fn replay(
         let wanted = mentions(ISSUE_OP)
             || mentions(REVOKE_OP)
             || mentions(CRL_OP)
+            || mentions("firmware.")
             || (full && full_ops.iter().any(|op| mentions(op)));
         if !wanted {
             return Ok(());
@@ -323,6 +326,11 @@ fn replay(
                     let seen = out.crl_numbers.entry(ca).or_default();
                     *seen = (*seen).max(n);
                 }
+            }
+            crate::firmware::KEY_OP | crate::firmware::SIGN_OP => {
+                let changed = crate::firmware::restore(store, &r.op, &r.subject, &r.details)
+                    .map_err(failed)?;
+                out.firmware += u64::from(changed);
             }
             ALLOW_REISSUE_OP if full => {
                 ca.allow_reissue(&r.subject).map_err(|e| failed(e.into()))?;

@@ -36,6 +36,27 @@ pub struct Config {
     /// CRLs and OCSP.
     #[serde(default)]
     pub revocation: RevocationConfig,
+    /// M-of-N approval requests.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// `[approvals]`: how long an M-of-N request waits for its approvals.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Seconds from the request until it expires unapproved (1 to 604800,
+    /// a week).
+    #[serde(default = "defaults::approval_ttl_seconds")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: defaults::approval_ttl_seconds(),
+        }
+    }
 }
 
 /// `[revocation]`: how often CRLs are made and how long answers are valid.
@@ -364,6 +385,9 @@ mod defaults {
     pub fn ocsp_cache_entries() -> usize {
         100_000
     }
+    pub fn approval_ttl_seconds() -> u64 {
+        24 * 3600
+    }
 }
 
 /// Largest pool we accept; more sessions than this buys nothing on a 2-core
@@ -413,6 +437,9 @@ impl Config {
                  60000, ocsp_validity_minutes 2 to 10080"
                     .into(),
             );
+        }
+        if !(1..=7 * 24 * 3600).contains(&cfg.approvals.ttl_seconds) {
+            return Err("approvals.ttl_seconds must be 1 to 604800 (a week)".into());
         }
         if cfg
             .ca

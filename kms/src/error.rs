@@ -278,6 +278,64 @@ pub enum Error {
     #[error("no CRL for the {0} CA on this appliance (its key is not on the token)")]
     CrlUnavailable(String),
 
+    /// A firmware manifest field is invalid (product, version, digest).
+    #[error("{0}")]
+    Firmware(#[from] firmware::Error),
+
+    /// No firmware signing key for this product.
+    #[error(
+        "no firmware signing key for product {0:?}: create one with kmsctl firmware key create"
+    )]
+    FirmwareProductUnknown(String),
+
+    /// A security version lower than one already signed for the product.
+    #[error(
+        "security version {asked} of {product} is below {highest}, already signed (anti-rollback)"
+    )]
+    SecurityVersionRollback {
+        /// Product.
+        product: String,
+        /// What was asked.
+        asked: u32,
+        /// The highest signed so far.
+        highest: u32,
+    },
+
+    /// The version was signed before with another digest or security version.
+    #[error("{product} {version} was already signed for another image or security version; a version is signed for one image only")]
+    FirmwareVersionConflict {
+        /// Product.
+        product: String,
+        /// Version.
+        version: String,
+    },
+
+    /// No approval request with this id.
+    #[error("no approval request {0}")]
+    ApprovalNotFound(String),
+
+    /// The approval request is past its time limit.
+    #[error("approval request {id} expired at {at}")]
+    ApprovalExpired {
+        /// Its id.
+        id: String,
+        /// When it expired, RFC 3339.
+        at: String,
+    },
+
+    /// The approval names another request content than the one stored.
+    #[error("the hash given does not match approval request {0}: review the request again")]
+    ApprovalHashMismatch(String),
+
+    /// The approval request is already done or failed.
+    #[error("approval request {id} is {state}, not pending")]
+    ApprovalClosed {
+        /// Its id.
+        id: String,
+        /// Its state.
+        state: &'static str,
+    },
+
     /// A broken internal invariant; a bug, reported instead of panicking.
     #[error("internal error: {0}")]
     Unreachable(&'static str),
@@ -330,6 +388,14 @@ impl Error {
             Error::CertificateNotFound(_) => "certificate_not_found",
             Error::IssuerMismatch { .. } => "issuer_mismatch",
             Error::CrlUnavailable(_) => "crl_unavailable",
+            Error::Firmware(e) => e.code(),
+            Error::FirmwareProductUnknown(_) => "firmware_product_unknown",
+            Error::SecurityVersionRollback { .. } => "security_version_rollback",
+            Error::FirmwareVersionConflict { .. } => "firmware_version_conflict",
+            Error::ApprovalNotFound(_) => "approval_not_found",
+            Error::ApprovalExpired { .. } => "approval_expired",
+            Error::ApprovalHashMismatch(_) => "approval_hash_mismatch",
+            Error::ApprovalClosed { .. } => "approval_closed",
             Error::Unreachable(_) => "internal_error",
         }
     }
@@ -366,6 +432,13 @@ impl Error {
             Error::TooManyRecords { .. } => 409,
             Error::CertificateNotFound(_) | Error::CrlUnavailable(_) => 404,
             Error::IssuerMismatch { .. } => 409,
+            Error::Firmware(_) => 400,
+            Error::FirmwareProductUnknown(_) | Error::ApprovalNotFound(_) => 404,
+            Error::SecurityVersionRollback { .. }
+            | Error::FirmwareVersionConflict { .. }
+            | Error::ApprovalExpired { .. }
+            | Error::ApprovalHashMismatch(_)
+            | Error::ApprovalClosed { .. } => 409,
             Error::Denied(d) => match d.code {
                 policies::Code::QuotaExceeded => 429,
                 policies::Code::MalformedSerial => 400,

@@ -10,11 +10,13 @@
 pub mod admin;
 pub mod api;
 pub mod appliance;
+pub mod approvals;
 pub mod auditing;
 pub mod ceremony;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod firmware;
 pub mod http;
 pub mod metrics;
 pub mod pin;

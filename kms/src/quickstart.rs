@@ -148,7 +148,8 @@ fn create_token_and_config(dir: &Path, config: &Path, opts: &Options) -> Result<
          [storage]\npath = \"data\"\n\n\
          [audit]\ndir = \"audit\"\n\n\
          [policy]\nfile = \"policy.toml\"\n\n\
-         [revocation]\ncrl_validity_hours = 24\ncrl_coalesce_ms = 1000\nocsp_validity_minutes = 60\n",
+         [revocation]\ncrl_validity_hours = 24\ncrl_coalesce_ms = 1000\nocsp_validity_minutes = 60\n\n\
+         [approvals]\nttl_seconds = 86400\n",
         module = opts.module.display().to_string(),
         conf = conf.display().to_string(),
         api = opts.api,

@@ -452,6 +452,21 @@ impl Running {
         kmsctl(&self.dir, args)
     }
 
+    /// `kmsctl --url https://… --cert/--key/--ca DIR/<cred>/… ARGS`: the
+    /// verbs of an officer (or a station) over mTLS.
+    pub fn kmsctl_as(&self, cred: &str, args: &[&str]) -> Output {
+        let d = self.credential(cred);
+        run(Command::new(bin("kmsctl"))
+            .args(["--url", &self.url("")])
+            .arg("--cert")
+            .arg(d.join("cert.pem"))
+            .arg("--key")
+            .arg(d.join("key.pem"))
+            .arg("--ca")
+            .arg(d.join("ca.pem"))
+            .args(args))
+    }
+
     /// Plain GET on the publication port; (status, body).
     pub fn publication(&self, path: &str) -> (u16, String) {
         curl(&format!("http://127.0.0.1:{}{path}", self.publication))

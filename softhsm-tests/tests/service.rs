@@ -788,18 +788,7 @@ fn sigterm_lets_an_in_flight_request_finish_then_seals_the_log() {
 #[test]
 fn officers_work_remotely_with_kmsctl_url_and_stations_cannot() {
     let a = Running::start();
-    let remote = |cred: &str, args: &[&str]| {
-        let d = a.dir.join(cred);
-        run(Command::new(softhsm_tests::bin("kmsctl"))
-            .args(["--url", &a.url("")])
-            .arg("--cert")
-            .arg(d.join("cert.pem"))
-            .arg("--key")
-            .arg(d.join("key.pem"))
-            .arg("--ca")
-            .arg(d.join("ca.pem"))
-            .args(args))
-    };
+    let remote = |cred: &str, args: &[&str]| a.kmsctl_as(cred, args);
     let out_dir = a.tmp.path().join("station-05");
     let added = ok(remote(
         "officer",

@@ -34,7 +34,15 @@ fn stdout(o: &Output) -> String {
 #[test]
 fn help_on_every_verb_and_usage_errors_exit_1() {
     let tmp = tempfile::tempdir().unwrap();
-    for verb in ["init", "enroll", "device", "record", "health", "batch"] {
+    for verb in [
+        "init",
+        "enroll",
+        "device",
+        "record",
+        "health",
+        "batch",
+        "verify-firmware",
+    ] {
         let o = station(tmp.path(), &[verb, "--help"]);
         assert_eq!(code(&o), 0, "{verb}: {}", stderr(&o));
         assert!(stdout(&o).contains("Usage: station"), "{verb}");

@@ -33,11 +33,16 @@ pub enum Tree {
     Revocations,
     /// Small appliance counters (the CRL numbers) by name.
     Counters,
+    /// Firmware signing keys (`key/<product>/<key id>`) and each product's
+    /// releases (`release/<product>`).
+    Firmware,
+    /// M-of-N approval requests by id.
+    Approvals,
 }
 
 impl Tree {
     /// Every tree, for backends that create them up front.
-    pub const ALL: [Tree; 8] = [
+    pub const ALL: [Tree; 10] = [
         Tree::Certificates,
         Tree::Devices,
         Tree::HardwareIds,
@@ -46,6 +51,8 @@ impl Tree {
         Tree::Records,
         Tree::Revocations,
         Tree::Counters,
+        Tree::Firmware,
+        Tree::Approvals,
     ];
 
     /// Stable name, used as the sled tree name.
@@ -59,6 +66,8 @@ impl Tree {
             Tree::Records => "records",
             Tree::Revocations => "revocations",
             Tree::Counters => "counters",
+            Tree::Firmware => "firmware",
+            Tree::Approvals => "approvals",
         }
     }
 }

@@ -129,6 +129,81 @@ enum Command {
         #[command(subcommand)]
         command: CrlCommand,
     },
+    /// Firmware signing keys, signing requests and their approvals.
+    Firmware {
+        #[command(subcommand)]
+        command: FirmwareCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirmwareCommand {
+    /// Signing keys of product lines.
+    Key {
+        #[command(subcommand)]
+        command: FirmwareKeyCommand,
+    },
+    /// Hash IMAGE here (streaming, with a progress bar) and ask for its
+    /// signature: an approval request that other firmware signers approve
+    /// with `kmsctl firmware approve`. The service sees only the digest.
+    Sign {
+        /// Product line.
+        #[arg(long)]
+        product: String,
+        /// Version text.
+        #[arg(long)]
+        version: String,
+        /// Anti-rollback counter: never below one already signed.
+        #[arg(long)]
+        security_version: u32,
+        /// Sign the SHA-512 of the image (default SHA-256).
+        #[arg(long)]
+        sha512: bool,
+        /// The firmware image.
+        image: PathBuf,
+    },
+    /// Approve a signing request whose content you reviewed (`requests`
+    /// shows it and its hash). The last approval signs: with --out the
+    /// manifest is written to OUT (binary) and OUT.json.
+    Approve {
+        /// Request id.
+        id: String,
+        /// The request's hash.
+        #[arg(long)]
+        hash: String,
+        /// Where to write the manifest if this approval completes it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Pending approval requests.
+    Requests,
+    /// A request's state; with --out its manifest (binary) and OUT.json.
+    Fetch {
+        /// Request id.
+        id: String,
+        /// Where to write the manifest.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirmwareKeyCommand {
+    /// Make a signing key for a product line in the token.
+    Create {
+        /// Product line ([A-Za-z0-9._-], 1–64).
+        #[arg(long)]
+        product: String,
+        /// ed25519 or p256.
+        #[arg(long, default_value = "ed25519")]
+        algorithm: String,
+    },
+    /// The keys, with their public keys (PEM).
+    List {
+        /// Only this product line.
+        #[arg(long)]
+        product: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -629,6 +704,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Firmware { command } => firmware_command(&cli, command),
         Command::Batch {
             command:
                 BatchCommand::Revoke {
@@ -827,6 +903,180 @@ fn client_command(
     Ok(())
 }
 
+fn firmware_command(cli: &Cli, command: &FirmwareCommand) -> anyhow::Result<()> {
+    let print_request = |v: &serde_json::Value| {
+        println!(
+            "request {} ({}) by {}: {} of {} approvals, {}, expires {}\n  hash {}\n  {}",
+            v["id"].as_str().unwrap_or("?"),
+            v["kind"].as_str().unwrap_or("?"),
+            v["requested_by"].as_str().unwrap_or("?"),
+            v["approvals"]["have"],
+            v["approvals"]["need"],
+            v["state"].as_str().unwrap_or("?"),
+            v["expires_at"].as_str().unwrap_or("?"),
+            v["hash"].as_str().unwrap_or("?"),
+            v["payload"]
+        );
+    };
+    let write_manifest = |v: &serde_json::Value, out: &Path| -> anyhow::Result<()> {
+        use base64::Engine as _;
+        let Some(b64) = v["result"]["manifest"].as_str() else {
+            anyhow::bail!(
+                "request {} has no manifest ({})",
+                v["id"].as_str().unwrap_or("?"),
+                v["result"]["error"]["code"]
+                    .as_str()
+                    .unwrap_or("not signed yet")
+            );
+        };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64)?;
+        std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+        let json_path = PathBuf::from(format!("{}.json", out.display()));
+        std::fs::write(
+            &json_path,
+            serde_json::to_string_pretty(&v["result"]["manifest_json"])?,
+        )
+        .with_context(|| format!("writing {}", json_path.display()))?;
+        eprintln!(
+            "manifest written to {} and {}",
+            out.display(),
+            json_path.display()
+        );
+        Ok(())
+    };
+    let v = match command {
+        FirmwareCommand::Key {
+            command: FirmwareKeyCommand::Create { product, algorithm },
+        } => {
+            let v = request(
+                cli,
+                &Request::FirmwareKeyCreate {
+                    product: product.clone(),
+                    algorithm: Some(algorithm.clone()),
+                },
+            )?;
+            if !cli.json {
+                println!(
+                    "{product}: {} key {} (token label {})\n{}",
+                    v["algorithm"].as_str().unwrap_or("?"),
+                    v["key_id"].as_str().unwrap_or("?"),
+                    v["label"].as_str().unwrap_or("?"),
+                    v["public_key_pem"].as_str().unwrap_or("")
+                );
+                return Ok(());
+            }
+            v
+        }
+        FirmwareCommand::Key {
+            command: FirmwareKeyCommand::List { product },
+        } => {
+            let v = request(
+                cli,
+                &Request::FirmwareKeys {
+                    product: product.clone(),
+                },
+            )?;
+            if !cli.json {
+                for k in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {} {} created {}\n{}",
+                        k["product"].as_str().unwrap_or("?"),
+                        k["algorithm"].as_str().unwrap_or("?"),
+                        k["key_id"].as_str().unwrap_or("?"),
+                        k["created_at"],
+                        k["public_key_pem"].as_str().unwrap_or("")
+                    );
+                }
+                return Ok(());
+            }
+            v
+        }
+        FirmwareCommand::Sign {
+            product,
+            version,
+            security_version,
+            sha512,
+            image,
+        } => {
+            let alg = if *sha512 {
+                firmware::DigestAlgorithm::Sha512
+            } else {
+                firmware::DigestAlgorithm::Sha256
+            };
+            let file = std::fs::File::open(image)
+                .with_context(|| format!("reading {}", image.display()))?;
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let bar = progress_bar(
+                size,
+                cli.json,
+                "hashing {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})",
+            );
+            let digest = firmware::digest_reader(alg, file, |n| bar.set_position(n))
+                .with_context(|| format!("reading {}", image.display()))?;
+            bar.finish_and_clear();
+            let hex_digest = hex::encode(digest);
+            let req = kms::firmware::SignRequest {
+                product: product.clone(),
+                version: version.clone(),
+                security_version: *security_version,
+                sha256: (!sha512).then(|| hex_digest.clone()),
+                sha512: sha512.then(|| hex_digest.clone()),
+            };
+            let v = request(cli, &Request::FirmwareSign(req))?;
+            if !cli.json {
+                print_request(&v);
+                println!(
+                    "approve with: kmsctl firmware approve {} --hash {}",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["hash"].as_str().unwrap_or("?")
+                );
+                return Ok(());
+            }
+            v
+        }
+        FirmwareCommand::Approve { id, hash, out } => {
+            let v = request(
+                cli,
+                &Request::Approve {
+                    id: id.clone(),
+                    hash: hash.clone(),
+                },
+            )?;
+            if let (Some(out), Some("done")) = (out, v["state"].as_str()) {
+                write_manifest(&v, out)?;
+            }
+            if !cli.json {
+                print_request(&v);
+                return Ok(());
+            }
+            v
+        }
+        FirmwareCommand::Requests => {
+            let v = request(cli, &Request::Approvals)?;
+            if !cli.json {
+                for r in v.as_array().into_iter().flatten() {
+                    print_request(r);
+                }
+                return Ok(());
+            }
+            v
+        }
+        FirmwareCommand::Fetch { id, out } => {
+            let v = request(cli, &Request::Approval { id: id.clone() })?;
+            if let Some(out) = out {
+                write_manifest(&v, out)?;
+            }
+            if !cli.json {
+                print_request(&v);
+                return Ok(());
+            }
+            v
+        }
+    };
+    println!("{v}");
+    Ok(())
+}
+
 /// One revocation, as a line.
 fn print_revoked(v: &serde_json::Value) {
     let s = |k: &str| v[k].as_str().unwrap_or("-").to_owned();
@@ -868,17 +1118,11 @@ fn batch_revoke(cli: &Cli, file: &Path, how: &RevokeRequest) -> anyhow::Result<(
         anyhow::bail!("{}: no serials", file.display());
     }
     how.parse()?; // a bad reason stops before the first request
-    let bar = indicatif::ProgressBar::new(serials.len() as u64);
-    bar.set_draw_target(if cli.json {
-        indicatif::ProgressDrawTarget::hidden()
-    } else {
-        indicatif::ProgressDrawTarget::stderr()
-    });
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
+    let bar = progress_bar(
+        serials.len() as u64,
+        cli.json,
         "{bar:40} {pos}/{len} revoked ({per_sec}, {eta} left)",
-    ) {
-        bar.set_style(style);
-    }
+    );
     let (mut revoked, mut already, mut failed) = (0u64, 0u64, 0u64);
     let mut rows = Vec::new();
     for chunk in serials.chunks(kms::revocation::MAX_BATCH) {
@@ -1218,6 +1462,18 @@ fn verify_file(
     bar.finish_and_clear();
     print_report(&report.map_err(kms::Error::from)?, as_json);
     Ok(())
+}
+
+/// A progress bar of `len` steps on stderr (hidden for `--json`).
+fn progress_bar(len: u64, hidden: bool, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if hidden {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 fn progress(hidden: bool) -> indicatif::ProgressBar {

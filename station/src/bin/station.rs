@@ -6,20 +6,35 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use station::batch::{self, BatchOptions, Summary};
 use station::{Client, Credential, ProvisioningRecord, Timeouts};
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  success (batch: every row done or skipped)
-  1  error: usage, credential, connection, or the appliance refused
+  0  success (batch: every row done or skipped; verify-firmware: image accepted)
+  1  error: usage, credential, connection, or the appliance refused;
+     verify-firmware: the manifest, key or image was refused
   2  batch: some rows were refused or failed (see the summary)
 
 Errors are printed as `error[<code>]: <message>` on standard error; the
 code is the appliance's for a refusal (e.g. device_already_certified,
 quota_exceeded) and a local one otherwise (transport_error, io_error,
 key_permissions_too_open, usage_error, ...).";
+
+const FIRMWARE_EXIT_CODES: &str = "\
+Exit status:
+  0  the image may be flashed: `OK <product> <version> security version <n> signed <time> by key <id>`
+  1  refused, or a file could not be read
+
+Error codes: manifest_malformed, unsupported_algorithm, invalid_product,
+invalid_version, digest_length_invalid, public_key_invalid, key_id_mismatch,
+algorithm_mismatch, manifest_signature_invalid, image_digest_mismatch,
+security_version_too_low, io_error, usage_error.";
+
+/// Images at least this large get a progress bar while they are hashed.
+const PROGRESS_FROM: u64 = 16 * 1024 * 1024;
 
 /// vBus KMS provisioning-station client: enrol devices over mutual TLS.
 #[derive(Parser)]
@@ -122,6 +137,28 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Check a firmware image against its signed manifest before flashing,
+    /// as the bootloader will: the manufacturer's signature over the whole
+    /// manifest, the image digest, and the anti-rollback minimum. Offline:
+    /// the appliance is not contacted.
+    #[command(after_help = FIRMWARE_EXIT_CODES)]
+    VerifyFirmware {
+        /// The signed manifest: the binary form (VBFW…) or its JSON form
+        /// (recognised by a leading `{`).
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// The firmware image; hashed with the manifest's digest algorithm.
+        #[arg(long, value_name = "FILE")]
+        image: PathBuf,
+        /// The manufacturer's public key: a `PUBLIC KEY` PEM (or DER SPKI),
+        /// Ed25519 or P-256.
+        #[arg(long, value_name = "FILE")]
+        pubkey: PathBuf,
+        /// Refuse a manifest whose security version is below N (the
+        /// device's stored minimum).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        min_security_version: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -154,6 +191,12 @@ fn error_code(e: &anyhow::Error) -> String {
     for cause in e.chain() {
         if let Some(se) = cause.downcast_ref::<station::Error>() {
             return se.code().to_owned();
+        }
+        if let Some(fe) = cause.downcast_ref::<firmware::Error>() {
+            return fe.code().to_owned();
+        }
+        if let Some(c) = cause.downcast_ref::<Coded>() {
+            return c.code.to_owned();
         }
         if cause.is::<std::io::Error>() {
             return "io_error".to_owned();
@@ -262,7 +305,137 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::VerifyFirmware {
+            manifest,
+            image,
+            pubkey,
+            min_security_version,
+        } => verify_firmware(cli, manifest, image, pubkey, *min_security_version),
     }
+}
+
+/// A local refusal with its stable code, for failures that are neither a
+/// `station::Error` nor a `firmware::Error`.
+#[derive(Debug)]
+struct Coded {
+    code: &'static str,
+    message: String,
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+/// `station verify-firmware`: what the bootloader checks, before flashing.
+fn verify_firmware(
+    cli: &Cli,
+    manifest_path: &Path,
+    image_path: &Path,
+    pubkey_path: &Path,
+    min_security_version: u32,
+) -> anyhow::Result<ExitCode> {
+    let raw = std::fs::read(manifest_path)
+        .with_context(|| format!("reading the manifest {}", manifest_path.display()))?;
+    let bytes =
+        manifest_bytes(&raw).with_context(|| format!("manifest {}", manifest_path.display()))?;
+    let key = read_public_key(pubkey_path)?;
+    // The signature first: the digest algorithm used to hash the image is
+    // then the signer's, and a forged manifest costs no image read.
+    let signed = firmware::verify(&bytes, &key)
+        .with_context(|| format!("manifest {}", manifest_path.display()))?;
+    let digest = hash_image(image_path, signed.manifest.digest_algorithm)?;
+    let signed = firmware::verify_image(&bytes, &digest, &key, min_security_version)
+        .with_context(|| format!("image {}", image_path.display()))?;
+
+    let m = &signed.manifest;
+    let key_id = hex::encode(m.key_id);
+    let signed_at = rfc3339(m.signing_time);
+    if cli.json {
+        print_json(&json!({
+            "status": "ok",
+            "product": m.product,
+            "version": m.version,
+            "security_version": m.security_version,
+            "min_security_version": min_security_version,
+            "signing_time": m.signing_time,
+            "signed_at": signed_at,
+            "key_id": key_id,
+            "signature_algorithm": m.signature_algorithm.as_str(),
+            "digest_algorithm": m.digest_algorithm.as_str(),
+            "digest": hex::encode(&m.digest),
+            "image": image_path,
+            "manifest": manifest_path,
+        }))?;
+    } else {
+        println!(
+            "OK {} {} security version {} signed {} by key {}",
+            m.product,
+            m.version,
+            m.security_version,
+            signed_at.unwrap_or_else(|| m.signing_time.to_string()),
+            key_id.get(..16).unwrap_or(&key_id),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The binary manifest: the file itself, or the encoding of its JSON form
+/// (a first non-blank byte `{`; a binary manifest starts with `VBFW`).
+fn manifest_bytes(raw: &[u8]) -> anyhow::Result<Vec<u8>> {
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Ok(raw.to_vec());
+    }
+    let json: firmware::ManifestJson = serde_json::from_slice(raw).map_err(|e| Coded {
+        code: "manifest_malformed",
+        message: format!("not a firmware manifest in the JSON form: {e}"),
+    })?;
+    Ok(firmware::SignedManifest::try_from(&json)?.encode()?)
+}
+
+/// A `PUBLIC KEY` PEM, or a DER SubjectPublicKeyInfo.
+fn read_public_key(path: &Path) -> anyhow::Result<firmware::PublicKey> {
+    let raw = std::fs::read(path)
+        .with_context(|| format!("reading the public key {}", path.display()))?;
+    let key = if raw.trim_ascii_start().starts_with(b"-----BEGIN") {
+        std::str::from_utf8(&raw)
+            .map_err(|_| firmware::Error::KeyInvalid)
+            .and_then(firmware::PublicKey::from_pem)
+    } else {
+        firmware::PublicKey::from_spki_der(&raw)
+    };
+    key.with_context(|| format!("public key {}", path.display()))
+}
+
+/// The image's digest, streamed, with a progress bar for a large image.
+fn hash_image(path: &Path, alg: firmware::DigestAlgorithm) -> anyhow::Result<Vec<u8>> {
+    let reading = || format!("reading the image {}", path.display());
+    let file = std::fs::File::open(path).with_context(reading)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = if len >= PROGRESS_FROM {
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template(
+        "hashing {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let digest =
+        firmware::digest_reader(alg, file, |n| bar.set_position(n)).with_context(reading)?;
+    bar.finish_and_clear();
+    Ok(digest)
+}
+
+/// RFC 3339 (UTC) of a unix time, if it is one `time` can represent.
+fn rfc3339(unix: u64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).ok()?).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 fn init(cli: &Cli, id: &str, dir: &Path) -> anyhow::Result<ExitCode> {
