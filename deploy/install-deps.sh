@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=()
-for pkg in softhsm2 opensc openssl curl ca-certificates gcc libc6-dev python3 python3-cryptography; do
+for pkg in softhsm2 opensc openssl curl ca-certificates gcc libc6-dev python3 python3-cryptography python3-venv; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -25,4 +25,15 @@ fi
 if [ "${1:-}" = "--test" ] && ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+
+# MCUboot's imgtool (PyPI), for the firmware interoperability test: in its
+# own virtual environment, never in the system's Python.
+IMGTOOL_VENV="${KMS_IMGTOOL_VENV:-$HOME/.cache/vbus-kms/imgtool}"
+if [ "${1:-}" = "--test" ] && [ ! -x "$IMGTOOL_VENV/bin/imgtool" ]; then
+  echo "installing imgtool 2.5.0 into $IMGTOOL_VENV"
+  if ! { /usr/bin/python3 -m venv "$IMGTOOL_VENV" && "$IMGTOOL_VENV/bin/pip" install -q imgtool==2.5.0; }; then
+    echo "WARNING: imgtool could not be installed; the MCUboot test will say so" >&2
+    rm -rf "$IMGTOOL_VENV"
+  fi
 fi

@@ -92,7 +92,7 @@ pub use manifest::{
     decode, DigestAlgorithm, Manifest, SignatureAlgorithm, SignedManifest, KEY_ID_LEN,
     LAYOUT_VERSION, MAGIC, MAX_NAME, SIGNATURE_LEN,
 };
-pub use verify::{verify, verify_image};
+pub use verify::{verify, verify_image, verify_message};
 
 #[cfg(feature = "std")]
 pub use hosted::{digest_reader, ManifestJson};

@@ -78,6 +78,18 @@ pub fn verify_image(
     Ok(signed)
 }
 
+/// Verifies `signature` over `message` with `key`: pure Ed25519
+/// (`verify_strict`), or ECDSA P-256 over SHA-256 of `message` with the
+/// signature as r‖s. For signatures made outside a manifest, such as the
+/// MCUboot image digest the appliance signs for imgtool's `--fix-sig`.
+pub fn verify_message(
+    key: &PublicKey,
+    message: &[u8],
+    signature: &[u8; SIGNATURE_LEN],
+) -> Result<(), Error> {
+    check_signature(key, message, signature)
+}
+
 /// Verifies `signature` over `message` with `key`.
 fn check_signature(
     key: &PublicKey,

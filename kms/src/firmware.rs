@@ -70,6 +70,11 @@ pub struct SignRequest {
     /// SHA-512 of the image, hex (instead of `sha256`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha512: Option<String>,
+    /// `sha256` is the digest MCUboot's imgtool asks to have signed
+    /// (`--vector-to-sign digest`): also sign it as MCUboot checks it (pure
+    /// Ed25519 over the 32 bytes). Ed25519 product keys only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mcuboot: bool,
 }
 
 /// One signed release.
@@ -204,6 +209,7 @@ impl Appliance {
                     security_version: 0,
                     sha256: Some("00".repeat(32)),
                     sha512: None,
+                    mcuboot: false,
                 }
                 .digest()?;
                 match algorithm {
@@ -312,6 +318,15 @@ impl Appliance {
             .firmware_keys(Some(&req.product))?
             .pop()
             .ok_or_else(|| Error::FirmwareProductUnknown(req.product.clone()))?;
+        if req.mcuboot
+            && (digest_algorithm != firmware::DigestAlgorithm::Sha256
+                || key.algorithm != firmware::SignatureAlgorithm::Ed25519.as_str())
+        {
+            return Err(Error::MalformedRequest(format!(
+                "an MCUboot signature needs the image's sha256 and an Ed25519 product key ({} has {})",
+                req.product, key.algorithm
+            )));
+        }
         let (releases, stored) = self.releases(&req.product)?;
         releases.admit(
             &req.product,
@@ -360,11 +375,7 @@ impl Appliance {
             signing_time: u64::try_from(now()).unwrap_or(0),
         };
         let tbs = manifest.to_be_signed()?;
-        let raw = ca::Signer::sign(&signer, &tbs).map_err(|e| {
-            e.downcast::<Error>()
-                .map(|b| *b)
-                .unwrap_or_else(|e| Error::TokenProtocol(e.to_string()))
-        })?;
+        let raw = token_sign(&signer, &tbs)?;
         let signature = match alg {
             firmware::SignatureAlgorithm::Ed25519 => raw,
             _ => p256::ecdsa::Signature::from_der(&raw)
@@ -376,6 +387,20 @@ impl Appliance {
         // Trust nothing the token returned until it verifies.
         let signed = firmware::verify_image(&bytes, &digest, &public_key, req.security_version)?;
         let manifest_sha256 = hex::encode(Sha256::digest(&bytes));
+        // imgtool's digest, signed as MCUboot verifies it. A 32-byte message
+        // can never be a manifest (those start with the magic and are longer),
+        // so the one key serves both without one standing for the other.
+        let mcuboot_signature = if req.mcuboot {
+            let raw = token_sign(&signer, &digest)?;
+            let sig: [u8; 64] = raw
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::TokenProtocol("Ed25519 signature is not 64 bytes".into()))?;
+            firmware::verify_message(&public_key, &digest, &sig)?;
+            Some(base64::engine::general_purpose::STANDARD.encode(sig))
+        } else {
+            None
+        };
         let release = Release {
             security_version: req.security_version,
             digest_algorithm: digest_algorithm.as_str().into(),
@@ -392,7 +417,7 @@ impl Appliance {
             "ok",
             json!({
                 "request": approved.id, "version": req.version, "release": release,
-                "key_id": key.key_id, "manifest": b64,
+                "key_id": key.key_id, "manifest": b64, "mcuboot_signature": mcuboot_signature,
                 "approved_by": approved.approvals.iter().map(|a| &a.by).collect::<Vec<_>>(),
             }),
         )?;
@@ -408,9 +433,19 @@ impl Appliance {
             "manifest_json": firmware::ManifestJson::from(&signed),
             "key_id": key.key_id,
             "signed_at": rfc3339(now()),
+            "mcuboot_signature": mcuboot_signature,
         });
         Ok((result, vec![write]))
     }
+}
+
+/// A signature by the token key, its error as the token's own.
+fn token_sign(signer: &TokenSigner, message: &[u8]) -> Result<Vec<u8>> {
+    ca::Signer::sign(signer, message).map_err(|e| {
+        e.downcast::<Error>()
+            .map(|b| *b)
+            .unwrap_or_else(|e| Error::TokenProtocol(e.to_string()))
+    })
 }
 
 fn store_key(store: &dyn store::Store, key: &FirmwareKey) -> Result<()> {

@@ -261,6 +261,8 @@ fn rollbacks_conflicts_and_bad_requests_are_refused_and_change_nothing() {
     let mut a = with_signers();
     let tmp = a.tmp.path().to_owned();
     ok(a.kmsctl(&["firmware", "key", "create", "--product", "vbus-comm"]));
+    // An officer without the firmware-signer role.
+    ok(a.kmsctl(&["officer", "add", "plain-officer"]));
     let img = image(&tmp, "comm.bin", 4096, 1);
     let sign = |version: &str, sv: &str, img: &Path| {
         remote(
@@ -533,4 +535,175 @@ fn an_expired_request_takes_no_approval() {
     ])));
     assert_eq!(state["state"], "pending");
     assert_eq!(state["approvals"]["have"], 0);
+}
+
+/// imgtool: `KMS_IMGTOOL`, else where `deploy/install-deps.sh --test` puts it.
+fn imgtool() -> Option<PathBuf> {
+    let path = std::env::var_os("KMS_IMGTOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/vbus-kms/imgtool/bin/imgtool")
+        });
+    path.exists().then_some(path)
+}
+
+#[test]
+fn mcuboot_imgtool_takes_the_appliance_signature_of_its_digest() {
+    let Some(imgtool) = imgtool() else {
+        assert!(
+            std::env::var_os("KMS_IMGTOOL_MISSING_OK").is_some(),
+            "imgtool not found: run deploy/install-deps.sh --test, or set KMS_IMGTOOL"
+        );
+        eprintln!("SKIPPED: imgtool could not be installed (deploy/test.sh said so)");
+        return;
+    };
+    let a = with_signers();
+    let tmp = a.tmp.path().to_owned();
+    let key = json(&ok(a.kmsctl(&[
+        "--json",
+        "firmware",
+        "key",
+        "create",
+        "--product",
+        "vbus-periph",
+    ])));
+    let pubkey = tmp.join("periph.pub.pem");
+    std::fs::write(&pubkey, key["public_key_pem"].as_str().unwrap()).unwrap();
+    let app = image(&tmp, "app.bin", 20_000, 9);
+    let imgtool_sign = |extra: &[&str], out: &Path| {
+        run(Command::new(&imgtool)
+            .args([
+                "sign",
+                "--header-size",
+                "0x200",
+                "--pad-header",
+                "--align",
+                "8",
+            ])
+            .args([
+                "--version",
+                "1.2.3",
+                "--security-counter",
+                "7",
+                "--slot-size",
+                "0x20000",
+            ])
+            .arg("--fix-sig-pubkey")
+            .arg(&pubkey)
+            .args(extra)
+            .arg(&app)
+            .arg(out))
+    };
+    // 1. imgtool writes the digest to sign.
+    let digest = tmp.join("digest.bin");
+    let o = imgtool_sign(&["--vector-to-sign", "digest"], &digest);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&digest).unwrap().len(), 32);
+    // 2. The appliance signs it, after the quorum.
+    let req = json(&ok(a.kmsctl(&[
+        "--json",
+        "firmware",
+        "sign",
+        "--product",
+        "vbus-periph",
+        "--version",
+        "1.2.3",
+        "--security-version",
+        "7",
+        "--mcuboot",
+        digest.to_str().unwrap(),
+    ])));
+    let (id, hash) = (req["id"].as_str().unwrap(), req["hash"].as_str().unwrap());
+    assert_eq!(req["payload"]["mcuboot"], true);
+    ok(remote(
+        &a,
+        "officers/signer-02",
+        &["firmware", "approve", id, "--hash", hash],
+    ));
+    let out = tmp.join("app.manifest");
+    let done = ok(remote(
+        &a,
+        "officers/signer-03",
+        &[
+            "--json",
+            "firmware",
+            "approve",
+            id,
+            "--hash",
+            hash,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        json(&done)["result"]["mcuboot_signature"].is_string(),
+        "{done}"
+    );
+    let sig = PathBuf::from(format!("{}.mcuboot.sig", out.display()));
+    // 3. imgtool puts the signature in, and its verifier accepts it with
+    //    the product's public key.
+    let signed = tmp.join("app.signed.bin");
+    let fix = ["--fix-sig".to_owned(), sig.display().to_string()];
+    let o = imgtool_sign(&[fix[0].as_str(), fix[1].as_str()], &signed);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(Command::new(&imgtool)
+        .arg("verify")
+        .arg("-k")
+        .arg(&pubkey)
+        .arg(&signed));
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success() && said.contains("Image was correctly validated"),
+        "{said}{}",
+        stderr(&o)
+    );
+    // Another key does not validate it.
+    let other = json(&ok(a.kmsctl(&[
+        "--json",
+        "firmware",
+        "key",
+        "create",
+        "--product",
+        "vbus-other",
+    ])));
+    let other_pub = tmp.join("other.pub.pem");
+    std::fs::write(&other_pub, other["public_key_pem"].as_str().unwrap()).unwrap();
+    let o = run(Command::new(&imgtool)
+        .arg("verify")
+        .arg("-k")
+        .arg(&other_pub)
+        .arg(&signed));
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // A P-256 product key cannot make MCUboot signatures here.
+    ok(a.kmsctl(&[
+        "firmware",
+        "key",
+        "create",
+        "--product",
+        "vbus-p256",
+        "--algorithm",
+        "p256",
+    ]));
+    let o = a.kmsctl(&[
+        "firmware",
+        "sign",
+        "--product",
+        "vbus-p256",
+        "--version",
+        "1",
+        "--security-version",
+        "1",
+        "--mcuboot",
+        digest.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&o).starts_with("error[malformed_request]"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -159,7 +159,12 @@ enum FirmwareCommand {
         /// Sign the SHA-512 of the image (default SHA-256).
         #[arg(long)]
         sha512: bool,
-        /// The firmware image.
+        /// IMAGE is the 32-byte digest MCUboot's imgtool wrote with
+        /// `--vector-to-sign digest`: the result also holds the signature
+        /// imgtool takes with `--fix-sig` (Ed25519 product keys).
+        #[arg(long, conflicts_with = "sha512")]
+        mcuboot: bool,
+        /// The firmware image (or, with --mcuboot, imgtool's digest file).
         image: PathBuf,
     },
     /// Approve a signing request whose content you reviewed (`requests`
@@ -942,6 +947,15 @@ fn firmware_command(cli: &Cli, command: &FirmwareCommand) -> anyhow::Result<()> 
             out.display(),
             json_path.display()
         );
+        if let Some(sig) = v["result"]["mcuboot_signature"].as_str() {
+            let sig_path = PathBuf::from(format!("{}.mcuboot.sig", out.display()));
+            std::fs::write(&sig_path, sig)
+                .with_context(|| format!("writing {}", sig_path.display()))?;
+            eprintln!(
+                "MCUboot signature (base64, for imgtool --fix-sig) written to {}",
+                sig_path.display()
+            );
+        }
         Ok(())
     };
     let v = match command {
@@ -996,6 +1010,7 @@ fn firmware_command(cli: &Cli, command: &FirmwareCommand) -> anyhow::Result<()> 
             version,
             security_version,
             sha512,
+            mcuboot,
             image,
         } => {
             let alg = if *sha512 {
@@ -1011,8 +1026,21 @@ fn firmware_command(cli: &Cli, command: &FirmwareCommand) -> anyhow::Result<()> 
                 cli.json,
                 "hashing {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})",
             );
-            let digest = firmware::digest_reader(alg, file, |n| bar.set_position(n))
-                .with_context(|| format!("reading {}", image.display()))?;
+            let digest = if *mcuboot {
+                let d =
+                    std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+                if d.len() != 32 {
+                    anyhow::bail!(
+                        "{} holds {} bytes, not the 32-byte digest of `imgtool sign --vector-to-sign digest`",
+                        image.display(),
+                        d.len()
+                    );
+                }
+                d
+            } else {
+                firmware::digest_reader(alg, file, |n| bar.set_position(n))
+                    .with_context(|| format!("reading {}", image.display()))?
+            };
             bar.finish_and_clear();
             let hex_digest = hex::encode(digest);
             let req = kms::firmware::SignRequest {
@@ -1021,6 +1049,7 @@ fn firmware_command(cli: &Cli, command: &FirmwareCommand) -> anyhow::Result<()> 
                 security_version: *security_version,
                 sha256: (!sha512).then(|| hex_digest.clone()),
                 sha512: sha512.then(|| hex_digest.clone()),
+                mcuboot: *mcuboot,
             };
             let v = request(cli, &Request::FirmwareSign(req))?;
             if !cli.json {
