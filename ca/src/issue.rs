@@ -572,6 +572,11 @@ impl Ca {
         Ok(self.commit(record, old.as_ref())?.is_ok())
     }
 
+    /// The certificate profile of a module type.
+    pub fn profile(&self, t: crate::ident::ModuleType) -> Result<&crate::profile::Profile> {
+        self.settings.profiles.get(t)
+    }
+
     /// The issuing certificate (DER).
     pub fn issuer_der(&self) -> &[u8] {
         &self.settings.issuer_der

@@ -7,6 +7,7 @@
 //! key_usage = ["digital_signature"]     # digital_signature, non_repudiation, key_encipherment, key_agreement
 //! extended_key_usage = ["client_auth"]  # client_auth, server_auth
 //! hardware_module_name = true           # SAN otherName hardwareModuleName (RFC 4108)
+//! aes_keys = ["data"]                   # AES-256 device keys minted and escrowed (optional)
 //! ```
 //!
 //! The profile decides every field of a device certificate; the CSR only
@@ -105,6 +106,8 @@ struct ProfileFile {
     extended_key_usage: Vec<EkuName>,
     #[serde(default = "yes")]
     hardware_module_name: bool,
+    #[serde(default)]
+    aes_keys: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -126,6 +129,10 @@ pub struct Profile {
     pub extended_key_usage: Vec<EkuName>,
     /// Whether the SAN carries the RFC 4108 hardwareModuleName.
     pub hardware_module_name: bool,
+    /// Names of the AES-256 device keys the appliance mints and escrows for
+    /// this module type (`POST /v1/devices/{serial}/keys/{name}`), e.g.
+    /// `data`, `kek`; `[a-z0-9_-]{1,32}`, not `psk` or `keypair`.
+    pub aes_keys: Vec<String>,
 }
 
 impl Profile {
@@ -187,8 +194,21 @@ impl Profiles {
                     .iter()
                     .map(|k| format!("{k:?}"))
                     .collect())
+                || dup(p.aes_keys.clone())
             {
                 return fail("a list names the same value twice");
+            }
+            if let Some(bad) = p.aes_keys.iter().find(|k| {
+                k.is_empty()
+                    || k.len() > 32
+                    || matches!(k.as_str(), "psk" | "keypair")
+                    || !k.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    })
+            }) {
+                return fail(&format!(
+                    "aes_keys name {bad:?} must be [a-z0-9_-]{{1,32}} and not psk or keypair"
+                ));
             }
             out.insert(
                 module_type,
@@ -199,6 +219,7 @@ impl Profiles {
                     key_usage: p.key_usage,
                     extended_key_usage: p.extended_key_usage,
                     hardware_module_name: p.hardware_module_name,
+                    aes_keys: p.aes_keys,
                 },
             );
         }

@@ -139,6 +139,7 @@ fn issued_certificate_is_exactly_the_profile() {
                 | Tree::Counters
                 | Tree::Firmware
                 | Tree::Approvals
+                | Tree::Escrow
         ));
         assert_eq!(store.len(tree).unwrap(), want, "{tree:?}");
     }

@@ -159,6 +159,29 @@ pub enum Request {
     },
     /// Pending approval requests.
     Approvals,
+    /// Ask for an escrowed secret to be recovered, sealed to a P-256 key.
+    EscrowRequest {
+        /// Module serial.
+        serial: String,
+        /// `psk`, `keypair` or an AES key name.
+        purpose: String,
+        /// Why (recorded and shown to approvers).
+        reason: String,
+        /// The recipient's P-256 public key, PEM.
+        recipient_public_key: String,
+    },
+    /// Let a device get a secret once more.
+    AllowRotation {
+        /// Module serial.
+        serial: String,
+        /// Purpose.
+        purpose: String,
+    },
+    /// One step of a KEK rotation.
+    RotateKek {
+        /// Blobs to re-wrap in this step.
+        limit: usize,
+    },
     /// Sign and publish a CRL now.
     CrlPublish {
         /// `root`, `intermediate` or `internal`.
@@ -179,9 +202,7 @@ pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value
         }
         Request::PolicyReload => Some((crate::policy::LOAD_OP, policies::Action::Admin)),
         Request::Clients => Some(("admin.read", policies::Action::Admin)),
-        Request::FirmwareKeys { .. } | Request::Approvals => {
-            Some(("admin.read", policies::Action::FirmwareSign))
-        }
+        Request::FirmwareKeys { .. } => Some(("admin.read", policies::Action::FirmwareSign)),
         _ => None,
     };
     if let Some((op, action)) = gate {
@@ -265,11 +286,24 @@ pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value
         Request::Approve { id, hash } => app.approve(caller, id, hash)?.view(),
         Request::Approval { id } => app.approval(caller, id)?.view(),
         Request::Approvals => Value::Array(
-            app.pending_approvals()?
+            app.pending_approvals(caller)?
                 .iter()
                 .map(crate::approvals::ApprovalRequest::view)
                 .collect(),
         ),
+        Request::EscrowRequest {
+            serial,
+            purpose,
+            reason,
+            recipient_public_key,
+        } => app
+            .request_recovery(caller, serial, purpose, reason, recipient_public_key)?
+            .view(),
+        Request::AllowRotation { serial, purpose } => {
+            app.allow_rotation(caller, serial, purpose)?;
+            json!({ "module_serial": serial, "purpose": purpose, "rotation_allowed": true })
+        }
+        Request::RotateKek { limit } => app.rotate_kek_step(caller, *limit)?,
         Request::CrlPublish { ca } => {
             let name = match CaName::parse(ca) {
                 Ok(n) => n,

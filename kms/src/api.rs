@@ -58,6 +58,15 @@ pub fn router(app: Arc<Appliance>) -> Router {
         .route("/v1/devices/{serial}", get(device))
         .route("/v1/certificates/{serial}/revoke", post(revoke))
         .route("/v1/firmware/sign", post(firmware_sign))
+        .route("/v1/devices/{serial}/psk", post(psk))
+        .route("/v1/devices/{serial}/keys/{purpose}", post(aes_key))
+        .route("/v1/devices/{serial}/keypair", post(keypair))
+        .route("/v1/escrow/{serial}/recoveries", post(recovery_request))
+        .route("/v1/escrow/{serial}/recoveries/{id}", get(recovery))
+        .route(
+            "/v1/escrow/{serial}/recoveries/{id}/approvals",
+            post(recovery_approve),
+        )
         .route("/v1/approvals/{serial}", get(approval).post(approve))
         .route("/.well-known/est/cacerts", get(est_cacerts))
         .route("/.well-known/est/simpleenroll", post(est_enroll))
@@ -342,6 +351,216 @@ async fn approval(
     let who = caller(&identity);
     let app = api.app.clone();
     match blocking(move || app.approval(&who, &id)).await {
+        Ok(r) => Json(r.view()).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A JSON answer holding a secret: serialized straight into a zeroizing
+/// buffer (allocated once, so no copy is left behind by a reallocation)
+/// that the body owns and wipes when hyper drops it after writing.
+fn secret_response<T: serde::Serialize>(status: StatusCode, answer: &T) -> Response {
+    struct Wiped(zeroize::Zeroizing<Vec<u8>>);
+    impl AsRef<[u8]> for Wiped {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(64 * 1024));
+    if serde_json::to_writer(&mut *buf, answer).is_err() || buf.len() > 64 * 1024 {
+        return error_response(&Error::Unreachable("secret answer encoding"));
+    }
+    let body = Body::from(Bytes::from_owner(Wiped(buf)));
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+/// Hex of a secret in a zeroizing string.
+fn secret_hex(secret: &[u8]) -> zeroize::Zeroizing<String> {
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(secret.len() * 2));
+    for b in secret {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// `POST /v1/devices/{serial}/psk`: 201 `{"psk": "<64 hex>"}`, once.
+async fn psk(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Serial(serial): Serial,
+) -> Response {
+    let who = caller(&identity);
+    let app = api.app.clone();
+    match blocking(move || app.issue_secret(&who, &serial, "psk")).await {
+        Ok((secret, _)) => {
+            #[derive(serde::Serialize)]
+            struct Answer<'a> {
+                psk: &'a str,
+            }
+            let hex = secret_hex(&secret);
+            secret_response(StatusCode::CREATED, &Answer { psk: &hex })
+        }
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/devices/{serial}/keys/{purpose}`: 201 `{"purpose", "key"}`
+/// (AES-256, hex), once; purposes from the device's profile.
+async fn aes_key(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Path((serial, purpose)): Path<(String, String)>,
+) -> Response {
+    let who = caller(&identity);
+    let app = api.app.clone();
+    let p = purpose.clone();
+    match blocking(move || app.issue_aes_key(&who, &serial, &p)).await {
+        Ok((secret, _)) => {
+            #[derive(serde::Serialize)]
+            struct Answer<'a> {
+                purpose: &'a str,
+                key: &'a str,
+            }
+            let hex = secret_hex(&secret);
+            secret_response(
+                StatusCode::CREATED,
+                &Answer {
+                    purpose: &purpose,
+                    key: &hex,
+                },
+            )
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeypairBody {
+    hw_uuid: String,
+}
+
+/// `POST /v1/devices/{serial}/keypair` `{hw_uuid}`: 201 with the private
+/// key (PKCS#8 PEM), the certificate and the chain, once.
+async fn keypair(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Serial(serial): Serial,
+    body: Body,
+) -> Response {
+    let what = ("key pair request", crate::secrets::ISSUE_OP, serial.clone());
+    let outcome = json_post(
+        &api,
+        &identity,
+        body,
+        what,
+        move |app, who, b: KeypairBody| app.issue_keypair(who, &serial, &b.hw_uuid),
+    )
+    .await;
+    match outcome {
+        Ok((key, issued)) => {
+            #[derive(serde::Serialize)]
+            struct Answer<'a> {
+                private_key: &'a str,
+                serial_number: &'a str,
+                certificate: &'a str,
+                chain: &'a str,
+                not_after: &'a str,
+            }
+            secret_response(
+                StatusCode::CREATED,
+                &Answer {
+                    private_key: &key,
+                    serial_number: &issued.serial_number,
+                    certificate: &issued.certificate,
+                    chain: &issued.chain,
+                    not_after: &issued.not_after,
+                },
+            )
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoveryBody {
+    purpose: String,
+    reason: String,
+    recipient_public_key: String,
+}
+
+/// `POST /v1/escrow/{serial}/recoveries` `{purpose, reason,
+/// recipient_public_key}` (officers): 202 with the approval request.
+async fn recovery_request(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Serial(serial): Serial,
+    body: Body,
+) -> Response {
+    let what = (
+        "recovery request",
+        crate::secrets::RECOVERY_OP,
+        serial.clone(),
+    );
+    let outcome = json_post(
+        &api,
+        &identity,
+        body,
+        what,
+        move |app, who, b: RecoveryBody| {
+            app.request_recovery(who, &serial, &b.purpose, &b.reason, &b.recipient_public_key)
+        },
+    )
+    .await;
+    match outcome {
+        Ok(r) => (StatusCode::ACCEPTED, Json(r.view())).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/escrow/{serial}/recoveries/{id}`.
+async fn recovery(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Path((_serial, id)): Path<(String, String)>,
+) -> Response {
+    let who = caller(&identity);
+    let app = api.app.clone();
+    match blocking(move || app.approval(&who, &id)).await {
+        Ok(r) => Json(r.view()).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/escrow/{serial}/recoveries/{id}/approvals` `{hash}`.
+async fn recovery_approve(
+    State(api): State<Api>,
+    Extension(identity): Extension<Identity>,
+    Path((_serial, id)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    let what = ("approval", crate::approvals::APPROVE_OP, id.clone());
+    let outcome = json_post(
+        &api,
+        &identity,
+        body,
+        what,
+        move |app, who, b: ApproveBody| app.approve(who, &id, &b.hash),
+    )
+    .await;
+    match outcome {
         Ok(r) => Json(r.view()).into_response(),
         Err(r) => r,
     }

@@ -196,6 +196,7 @@ impl Appliance {
         }
         let revoked = Revoked::load(store.as_ref())?;
         let metrics = Arc::new(Metrics::default());
+        revocation::adopt_client_revocations(store.as_ref())?;
         let revocations = Arc::new(Revocations::open(
             &cfg,
             &token,
@@ -341,7 +342,11 @@ impl Appliance {
 
     /// The device, if `caller` may see it: officers and the local operator
     /// any, a station the ones it provisioned.
-    fn owned_device(&self, caller: &Caller, module_serial: &str) -> Result<ca::DeviceRecord> {
+    pub(crate) fn owned_device(
+        &self,
+        caller: &Caller,
+        module_serial: &str,
+    ) -> Result<ca::DeviceRecord> {
         let not_found = || {
             Error::Ca(ca::Error::DeviceNotFound(
                 module_serial.chars().take(64).collect(),

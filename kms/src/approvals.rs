@@ -87,8 +87,8 @@ pub struct ApprovalRequest {
 
 impl ApprovalRequest {
     fn compute_hash(&self) -> String {
-        // serde_json writes object keys in insertion order of `json!`, so
-        // this text is the same for the same content on every appliance.
+        // serde_json's maps are sorted by key (no preserve_order feature),
+        // so this text is the same for the same content everywhere.
         let canonical = json!({
             "id": self.id,
             "kind": self.kind,
@@ -128,14 +128,25 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|_| Error::Unreachable("approval request to JSON"))
 }
 
+/// A quorum needs its requester named by a certificate: the local operator
+/// (`local:<user>`) could otherwise approve as themselves over mTLS.
+pub(crate) fn named_requester(caller: &Caller) -> Result<()> {
+    match caller {
+        Caller::Client(_) => Ok(()),
+        Caller::Local(_) => Err(Error::NamedRequesterRequired),
+    }
+}
+
 impl Appliance {
     /// Store a new request of `kind` for `payload` on behalf of `caller`
-    /// (the caller's own right to ask is checked by the kind's operation).
+    /// (the caller's own right to ask is checked by the kind's operation),
+    /// recorded first as `op` on `subject` with `extra` details.
     pub(crate) fn open_request(
         &self,
         caller: &Caller,
         kind: ApprovalKind,
         payload: Value,
+        (op, subject, extra): (&str, &str, Value),
     ) -> Result<ApprovalRequest> {
         let created_at = now();
         let ttl = i64::try_from(self.cfg.approvals.ttl_seconds).unwrap_or(86_400);
@@ -153,6 +164,11 @@ impl Appliance {
             result: None,
         };
         req.hash = req.compute_hash();
+        let mut details = json!({ "id": req.id, "hash": req.hash, "need": req.need });
+        if let (Some(d), Value::Object(e)) = (details.as_object_mut(), extra) {
+            d.extend(e);
+        }
+        auditing::record(&self.audit, caller.name(), op, subject, "ok", details)?;
         let write = Write::Insert {
             tree: Tree::Approvals,
             key: req.id.as_bytes().to_vec(),
@@ -199,13 +215,30 @@ impl Appliance {
         }
     }
 
-    /// Pending requests (officers and firmware signers).
-    pub fn pending_approvals(&self) -> Result<Vec<ApprovalRequest>> {
+    /// Pending requests of the kinds `caller` may ask for or approve
+    /// (firmware signing: firmware signers; escrow recovery: officers).
+    pub fn pending_approvals(&self, caller: &Caller) -> Result<Vec<ApprovalRequest>> {
+        let may = |kind: &str| {
+            let action = match kind_of(kind) {
+                Some(ApprovalKind::FirmwareSigning) => policies::Action::FirmwareSign,
+                _ => policies::Action::EscrowRequest,
+            };
+            self.policy.check(caller, &action).is_ok()
+        };
+        if !may("firmware_signing") && !may("escrow_recovery") {
+            let denied = self.policy.check(caller, &policies::Action::EscrowRequest);
+            return self.refuse(
+                caller,
+                "approval.read",
+                "-",
+                denied.err().unwrap_or(Error::Unreachable("a denial")),
+            );
+        }
         let mut out = Vec::new();
         for (_, v) in self.store.scan(Tree::Approvals, &[], usize::MAX)? {
             let r: ApprovalRequest = serde_json::from_slice(&v)
                 .map_err(|e| Error::Store(store::Error::Corrupt(format!("approval: {e}"))))?;
-            if r.state == State::Pending && r.expires_at > now() {
+            if r.state == State::Pending && r.expires_at > now() && may(&r.kind) {
                 out.push(r);
             }
         }
@@ -273,8 +306,18 @@ impl Appliance {
                     req.result = Some(result);
                     writes.extend(extra);
                 }
-                Err(e @ (Error::Audit(_) | Error::Store(_))) => return Err(e),
+                // Our own faults leave the request pending (the approval is
+                // not stored): approving again retries.
+                Err(e) if e.http_status() >= 500 => return Err(e),
                 Err(e) => {
+                    auditing::record(
+                        &self.audit,
+                        "kmsd",
+                        "approval.carry_out",
+                        &req.id,
+                        e.code(),
+                        json!({ "kind": req.kind }),
+                    )?;
                     req.state = State::Failed;
                     req.result =
                         Some(json!({ "error": { "code": e.code(), "message": e.to_string() } }));
@@ -302,9 +345,7 @@ impl Appliance {
     fn carry_out(&self, kind: ApprovalKind, req: &ApprovalRequest) -> Result<(Value, Vec<Write>)> {
         match kind {
             ApprovalKind::FirmwareSigning => self.sign_approved(req),
-            ApprovalKind::EscrowRecovery => Err(Error::Unreachable(
-                "escrow recovery arrives with the escrow issue",
-            )),
+            ApprovalKind::EscrowRecovery => self.recover_approved(req),
         }
     }
 }

@@ -270,6 +270,7 @@ pub fn init(
     // The API's TLS server credential: its key in the token, its
     // certificate from the internal CA (kmsd renews it when needed).
     credentials::ensure_server(cfg, token, &log, actor)?;
+    crate::secrets::ensure_kek(token, &store, &log, actor)?;
     log.checkpoint()?;
     Ok(InitReport {
         cas,

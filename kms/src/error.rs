@@ -336,6 +336,41 @@ pub enum Error {
         state: &'static str,
     },
 
+    /// The device already has this secret; an officer must allow a rotation.
+    #[error("{serial} already has its {purpose}; an officer must allow a rotation (kmsctl escrow allow-rotation)")]
+    SecretAlreadyIssued {
+        /// Module serial.
+        serial: String,
+        /// Purpose.
+        purpose: String,
+    },
+
+    /// The device's profile names no such AES key.
+    #[error("the {module_type} profile has no AES key {purpose:?} (aes_keys in the profile file)")]
+    SecretPurposeUnknown {
+        /// Module type.
+        module_type: String,
+        /// What was asked.
+        purpose: String,
+    },
+
+    /// No escrowed secret for this device and purpose.
+    #[error("nothing escrowed for {serial} {purpose}")]
+    EscrowNotFound {
+        /// Module serial.
+        serial: String,
+        /// Purpose.
+        purpose: String,
+    },
+
+    /// Escrow refused or failed (purpose, wrapping, recipient key).
+    #[error(transparent)]
+    Escrow(#[from] escrow::Error),
+
+    /// An M-of-N request opened by the local operator.
+    #[error("a request that needs approvals must come from a named officer: use kmsctl --url with your officer credential")]
+    NamedRequesterRequired,
+
     /// A broken internal invariant; a bug, reported instead of panicking.
     #[error("internal error: {0}")]
     Unreachable(&'static str),
@@ -396,6 +431,12 @@ impl Error {
             Error::ApprovalExpired { .. } => "approval_expired",
             Error::ApprovalHashMismatch(_) => "approval_hash_mismatch",
             Error::ApprovalClosed { .. } => "approval_closed",
+            Error::SecretAlreadyIssued { purpose, .. } if purpose == "psk" => "psk_already_issued",
+            Error::SecretAlreadyIssued { .. } => "secret_already_issued",
+            Error::SecretPurposeUnknown { .. } => "secret_purpose_unknown",
+            Error::NamedRequesterRequired => "named_requester_required",
+            Error::EscrowNotFound { .. } => "escrow_not_found",
+            Error::Escrow(e) => e.code(),
             Error::Unreachable(_) => "internal_error",
         }
     }
@@ -438,7 +479,12 @@ impl Error {
             | Error::FirmwareVersionConflict { .. }
             | Error::ApprovalExpired { .. }
             | Error::ApprovalHashMismatch(_)
-            | Error::ApprovalClosed { .. } => 409,
+            | Error::ApprovalClosed { .. }
+            | Error::SecretAlreadyIssued { .. } => 409,
+            Error::SecretPurposeUnknown { .. } | Error::EscrowNotFound { .. } => 404,
+            Error::NamedRequesterRequired => 403,
+            Error::Escrow(escrow::Error::Purpose(_) | escrow::Error::RecipientKey(_)) => 400,
+            Error::Escrow(_) => 500,
             Error::Denied(d) => match d.code {
                 policies::Code::QuotaExceeded => 429,
                 policies::Code::MalformedSerial => 400,

@@ -293,20 +293,18 @@ impl Appliance {
         let checked = self
             .policy
             .check(caller, &policies::Action::FirmwareSign)
+            .and_then(|()| crate::approvals::named_requester(caller))
             .and_then(|()| self.check_sign(req).map(|_| ()));
         if let Err(e) = checked {
             return self.refuse(caller, REQUEST_OP, &req.product, e);
         }
         let payload =
             serde_json::to_value(req).map_err(|_| Error::Unreachable("request to JSON"))?;
-        let opened = self.open_request(caller, policies::ApprovalKind::FirmwareSigning, payload)?;
-        auditing::record(
-            &self.audit,
-            caller.name(),
-            REQUEST_OP,
-            &req.product,
-            "ok",
-            json!({ "id": opened.id, "hash": opened.hash, "need": opened.need, "request": req }),
+        let opened = self.open_request(
+            caller,
+            policies::ApprovalKind::FirmwareSigning,
+            payload,
+            (REQUEST_OP, &req.product, json!({ "request": req })),
         )?;
         Ok(opened)
     }

@@ -23,6 +23,7 @@ pub mod pin;
 pub mod policy;
 pub mod quickstart;
 pub mod revocation;
+pub mod secrets;
 pub mod server;
 pub mod storage;
 pub mod token;

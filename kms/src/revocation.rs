@@ -47,6 +47,10 @@ use crate::token::{Token, TokenSigner};
 pub const REVOKE_OP: &str = "certificate.revoke";
 /// Operation name of a signed CRL.
 pub const CRL_OP: &str = "crl.publish";
+/// OCSP answers signed at once (nonce-bearing or cache misses); more get
+/// `tryLater`.
+pub const MAX_OCSP_SIGNING: usize = 32;
+
 /// Most serials one batch revocation request may carry.
 pub const MAX_BATCH: usize = 1000;
 
@@ -155,6 +159,11 @@ impl RevokeRequest {
             .as_deref()
             .map(|s| {
                 let t = parse_time(s)?;
+                if t.unix_timestamp() < 0 {
+                    return Err(Error::MalformedRequest(format!(
+                        "invalidity_date {s} is before 1970"
+                    )));
+                }
                 if t.unix_timestamp() > crate::policy::now() {
                     return Err(Error::MalformedRequest(format!(
                         "invalidity_date {s} is in the future"
@@ -212,8 +221,10 @@ struct Slot {
     ocsp: Option<OcspResponder>,
     state: Mutex<CrlState>,
     published: RwLock<Option<Arc<PublishedCrl>>>,
-    /// One CRL build per CA at a time.
-    building: Mutex<()>,
+    /// One CRL build per CA at a time; holds the last number this process
+    /// recorded, so a failed counter commit never makes it sign a second
+    /// CRL under a number already in the audit log.
+    building: Mutex<u64>,
 }
 
 struct CachedOcsp {
@@ -234,6 +245,12 @@ pub struct Revocations {
     /// Revocations of the same serial run one at a time (striped).
     stripes: Vec<Mutex<()>>,
     ocsp_cache: Mutex<HashMap<OcspKey, Arc<CachedOcsp>>>,
+    /// Bumped (under the cache lock) by every revocation: an answer signed
+    /// from a status read before the bump is not cached.
+    ocsp_generation: std::sync::atomic::AtomicU64,
+    /// OCSP answers being signed now; beyond [`MAX_OCSP_SIGNING`] a
+    /// request is answered `tryLater` rather than queued on the token.
+    ocsp_signing: std::sync::atomic::AtomicUsize,
     /// Wakes the publisher: (revocations pending, stop).
     wake: (Mutex<(bool, bool)>, Condvar),
     metrics: Arc<crate::metrics::Metrics>,
@@ -328,7 +345,7 @@ impl Revocations {
                 ocsp,
                 state: Mutex::new(CrlState::default()),
                 published: RwLock::new(None),
-                building: Mutex::new(()),
+                building: Mutex::new(0),
             });
         }
         let me = Self {
@@ -339,6 +356,8 @@ impl Revocations {
             intermediate_serial,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             ocsp_cache: Mutex::new(HashMap::new()),
+            ocsp_generation: std::sync::atomic::AtomicU64::new(0),
+            ocsp_signing: std::sync::atomic::AtomicUsize::new(0),
             wake: (Mutex::new((false, false)), Condvar::new()),
             metrics,
         };
@@ -425,7 +444,7 @@ impl Revocations {
         let Some(issuer) = &slot.crl else {
             return Err(Error::CrlUnavailable(ca.as_str().into()));
         };
-        let _one = slot.building.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = slot.building.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         let entries = {
             let mut st = slot.lock_state();
@@ -434,7 +453,8 @@ impl Revocations {
         };
         let outcome = (|| {
             let (key, old, stored) = self.stored_number(ca)?;
-            let number = stored + 1;
+            let number = stored.max(*last) + 1;
+            *last = number;
             let this_update = now_whole()?;
             let next_update = this_update
                 + time::Duration::hours(i64::try_from(self.cfg.crl_validity_hours).unwrap_or(24));
@@ -621,6 +641,8 @@ impl Revocations {
             st.dirty = true;
         }
         let mut cache = self.ocsp_cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.ocsp_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         cache.remove(&(r.ca, r.serial_number.clone(), false));
         cache.remove(&(r.ca, r.serial_number.clone(), true));
         drop(cache);
@@ -683,6 +705,24 @@ impl Revocations {
         if let Some(hit) = self.ocsp_cached(&p) {
             return hit;
         }
+        use std::sync::atomic::Ordering;
+        // Nonces make every answer a signature: bound them, so nobody on
+        // the network can queue unbounded work on the token.
+        struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        if self.ocsp_signing.fetch_add(1, Ordering::SeqCst) >= MAX_OCSP_SIGNING {
+            self.ocsp_signing.fetch_sub(1, Ordering::SeqCst);
+            return (
+                ca::ocsp_error_response(ca::OcspErrorStatus::TryLater),
+                "try_later",
+            );
+        }
+        let _in_flight = InFlight(&self.ocsp_signing);
+        let generation = self.ocsp_generation.load(Ordering::SeqCst);
         let signed = (|| {
             let answers = p
                 .req
@@ -705,6 +745,11 @@ impl Revocations {
         match (signed, &p.cache_key) {
             (Ok(der), Some(key)) => {
                 let mut cache = self.ocsp_cache.lock().unwrap_or_else(|e| e.into_inner());
+                if self.ocsp_generation.load(Ordering::SeqCst) != generation {
+                    // A revocation landed while this was signed: answer it
+                    // once, keep nothing that may be stale.
+                    return (der, "signed");
+                }
                 if cache.len() >= self.cfg.ocsp_cache_entries {
                     cache.clear();
                 }
@@ -939,7 +984,17 @@ impl Appliance {
         if record.ca == CaName::Internal {
             self.revoked.extend([serial.to_owned()]);
         }
-        commit_revocation(self.store.as_ref(), &record, client.as_ref())?;
+        if !commit_revocation(self.store.as_ref(), &record, client.as_ref())? {
+            // Stored meanwhile (not possible under the stripe lock, but the
+            // store's answer is the one in force).
+            let first = revs
+                .get(serial)?
+                .ok_or(Error::Unreachable("revocation vanished"))?;
+            return Ok(Revoked {
+                record: first,
+                already_revoked: true,
+            });
+        }
         revs.took_effect(&record, &entry);
         Ok(Revoked {
             record,
@@ -1099,6 +1154,36 @@ pub(crate) fn commit_revocation(
             c.tree.name()
         )))),
     }
+}
+
+/// Client certificates revoked before the revocation registry existed
+/// (only `revoked_at` on the client record): give each its revocation, so
+/// the internal CA's CRL and OCSP agree with the TLS verifier. Returns how
+/// many were adopted.
+pub fn adopt_client_revocations(store: &dyn Store) -> Result<u64> {
+    let mut adopted = 0;
+    for c in crate::credentials::list(store)? {
+        let Some(at) = c.revoked_at.clone() else {
+            continue;
+        };
+        if store
+            .get(Tree::Revocations, c.serial_number.as_bytes())?
+            .is_some()
+        {
+            continue;
+        }
+        let record = RevocationRecord {
+            serial_number: c.serial_number.clone(),
+            ca: CaName::Internal,
+            subject: c.id.clone(),
+            reason: RevocationReason::Unspecified,
+            revoked_at: at,
+            invalidity_date: None,
+            revoked_by: c.revoked_by.clone().unwrap_or_else(|| "unknown".into()),
+        };
+        adopted += u64::from(commit_revocation(store, &record, None)?);
+    }
+    Ok(adopted)
 }
 
 /// Re-apply a `certificate.revoke` record from the log whose revocation the

@@ -62,6 +62,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
         ("appliance.init", "ok"),
         ("credential.issue", "ok"), // officer
         ("credential.issue", "ok"), // TLS server
+        ("escrow.kek.create", "ok"),
         ("credential.issue", "ok"), // station
         ("certificate.issue", "ok"),
         ("certificate.issue", "ok"),
@@ -81,7 +82,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
     );
 
     // The whole log verifies, then its export verifies offline with only the key.
-    assert!(ok(kmsctl(&dir, &["audit", "verify"])).starts_with("audit log OK: records 1..7"));
+    assert!(ok(kmsctl(&dir, &["audit", "verify"])).starts_with("audit log OK: records 1..8"));
     let vkey = ok(kmsctl(&dir, &["audit", "pubkey"])).trim().to_owned();
     assert!(vkey.starts_with("vbus-kms/audit+"), "{vkey}");
     ok(kmsctl(&dir, &["audit", "checkpoint"]));
@@ -100,7 +101,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
     let v: serde_json::Value = serde_json::from_str(&ok(offline(&export))).unwrap();
     assert_eq!(
         (v["records"].as_u64(), v["checkpointed"].as_u64()),
-        (Some(7), Some(7))
+        (Some(8), Some(8))
     );
 
     // A verifier written from the README alone, in another language, agrees.
@@ -111,9 +112,9 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
             .arg(file)
             .arg(&vkey))
     };
-    assert_eq!(ok(python(&export)).trim(), "OK 7 7");
+    assert_eq!(ok(python(&export)).trim(), "OK 8 8");
 
-    // One byte changed in record 5's body (the first issuance): caught, named.
+    // One byte changed in record 6's body (the first issuance): caught, named.
     let text = std::fs::read_to_string(&export).unwrap();
     let tampered = tmp.path().join("tampered.jsonl");
     std::fs::write(
@@ -125,7 +126,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.starts_with("error[audit_tampered]: audit record 5 does not verify"),
+        err.starts_with("error[audit_tampered]: audit record 6 does not verify"),
         "{err}"
     );
     let py = python(&tampered);
@@ -134,7 +135,7 @@ fn operations_are_recorded_and_the_export_verifies_offline() {
             py.status.code(),
             String::from_utf8_lossy(&py.stdout).trim().to_owned()
         ),
-        (Some(1), "BAD 5 chain".to_owned())
+        (Some(1), "BAD 6 chain".to_owned())
     );
 }
 

@@ -496,8 +496,7 @@ fn an_expired_request_takes_no_approval() {
     ok(a.kmsctl(&["officer", "add", "signer-02", "--roles", "firmware-signer"]));
     ok(a.kmsctl(&["firmware", "key", "create", "--product", "vbus-io"]));
     let img = image(a.tmp.path(), "io.bin", 100, 3);
-    let req = json(&ok(a.kmsctl(&[
-        "--json",
+    let sign = [
         "firmware",
         "sign",
         "--product",
@@ -507,7 +506,21 @@ fn an_expired_request_takes_no_approval() {
         "--security-version",
         "1",
         img.to_str().unwrap(),
-    ])));
+    ];
+    // The local operator may not open a request (it could then approve it
+    // as a named officer too); officers ask with their own credential.
+    let out = a.kmsctl(&sign);
+    assert!(
+        stderr(&out).starts_with("error[named_requester_required]"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(last_record(&a).contains(r#""result":"named_requester_required""#));
+    let req = json(&ok(remote(
+        &a,
+        "officer",
+        &[&["--json"][..], &sign[..]].concat(),
+    )));
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let before = records(&a);
     let out = remote(
@@ -601,19 +614,22 @@ fn mcuboot_imgtool_takes_the_appliance_signature_of_its_digest() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::metadata(&digest).unwrap().len(), 32);
     // 2. The appliance signs it, after the quorum.
-    let req = json(&ok(a.kmsctl(&[
-        "--json",
-        "firmware",
-        "sign",
-        "--product",
-        "vbus-periph",
-        "--version",
-        "1.2.3",
-        "--security-version",
-        "7",
-        "--mcuboot",
-        digest.to_str().unwrap(),
-    ])));
+    let req = json(&ok(a.kmsctl_as(
+        "officer",
+        &[
+            "--json",
+            "firmware",
+            "sign",
+            "--product",
+            "vbus-periph",
+            "--version",
+            "1.2.3",
+            "--security-version",
+            "7",
+            "--mcuboot",
+            digest.to_str().unwrap(),
+        ],
+    )));
     let (id, hash) = (req["id"].as_str().unwrap(), req["hash"].as_str().unwrap());
     assert_eq!(req["payload"]["mcuboot"], true);
     ok(remote(
@@ -689,18 +705,21 @@ fn mcuboot_imgtool_takes_the_appliance_signature_of_its_digest() {
         "--algorithm",
         "p256",
     ]));
-    let o = a.kmsctl(&[
-        "firmware",
-        "sign",
-        "--product",
-        "vbus-p256",
-        "--version",
-        "1",
-        "--security-version",
-        "1",
-        "--mcuboot",
-        digest.to_str().unwrap(),
-    ]);
+    let o = a.kmsctl_as(
+        "officer",
+        &[
+            "firmware",
+            "sign",
+            "--product",
+            "vbus-p256",
+            "--version",
+            "1",
+            "--security-version",
+            "1",
+            "--mcuboot",
+            digest.to_str().unwrap(),
+        ],
+    );
     assert!(
         stderr(&o).starts_with("error[malformed_request]"),
         "{}",

@@ -90,13 +90,20 @@ fn quickstart_creates_a_working_appliance_and_a_second_run_changes_nothing() {
         .unwrap()
         .iter()
         .map(|k| {
+            // Every key sensitive and never extractable; the escrow KEK is
+            // the one secret key among the private ones.
+            let class = if k["label"] == "escrow-kek-1" {
+                "secret-key"
+            } else {
+                "private"
+            };
             assert_eq!(
                 (
                     k["class"].as_str(),
                     k["sensitive"].as_bool(),
                     k["extractable"].as_bool()
                 ),
-                (Some("private"), Some(true), Some(false))
+                (Some(class), Some(true), Some(false))
             );
             k["label"].as_str().unwrap().to_owned()
         })
@@ -106,6 +113,7 @@ fn quickstart_creates_a_working_appliance_and_a_second_run_changes_nothing() {
         keys,
         [
             "audit-key",
+            "escrow-kek-1",
             "internal-ca",
             "mfg-intermediate",
             "root-ca",
@@ -180,7 +188,7 @@ fn kmsd_reports_health_and_stops_cleanly_on_sigterm() {
         wait_for(&url),
         (
             200,
-            r#"{"status":"ok","token":{"keys":5,"label":"vbus-kms"}}"#.to_owned()
+            r#"{"status":"ok","token":{"keys":6,"label":"vbus-kms"}}"#.to_owned()
         )
     );
     assert_eq!(

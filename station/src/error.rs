@@ -69,6 +69,13 @@ pub enum Error {
         "module serial {0:?} is not 1-64 characters of [A-Za-z0-9._-] (not starting with '.')"
     )]
     InvalidSerial(String),
+    /// A device key purpose that is not 1–32 characters of `[a-z0-9_-]`, or
+    /// is `psk` or `keypair` (which have their own requests).
+    #[error(
+        "key purpose {0:?} is not 1-32 characters of [a-z0-9_-] \
+         (psk and keypair have their own verbs)"
+    )]
+    InvalidPurpose(String),
     /// A file that must not be overwritten already exists.
     #[error("{} already exists; refusing to overwrite it", .0.display())]
     AlreadyExists(PathBuf),
@@ -130,6 +137,7 @@ impl Error {
             Error::Tls(_) => "tls_config_invalid",
             Error::InvalidStationId(_) => "invalid_station_id",
             Error::InvalidSerial(_) => "invalid_module_serial",
+            Error::InvalidPurpose(_) => "purpose_invalid",
             Error::AlreadyExists(_) => "file_exists",
             Error::KeyGeneration(_) => "key_generation_failed",
             Error::InvalidRecord(_) => "record_invalid",

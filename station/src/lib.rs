@@ -3,9 +3,14 @@
 //! A provisioning station talks to the appliance over mutual TLS with its
 //! station [`Credential`]: it relays device CSRs ([`Client::enroll`]),
 //! reads device records ([`Client::device`]) and attaches provisioning
-//! records ([`Client::record`]). [`init_station`] makes the station's own
-//! key and CSR; [`batch`] enrols a CSV of devices concurrently and
-//! resumably.
+//! records ([`Client::record`]). For devices it provisioned it fetches the
+//! one-time secrets the appliance mints and escrows: a PSK
+//! ([`Client::psk`]), AES-256 device keys ([`Client::device_key`]) and, for
+//! modules without a secure element, a key pair with its certificate
+//! ([`Client::keypair`]); they are held in zeroizing buffers and written to
+//! files reserved beforehand ([`ReservedFile`], [`KeypairFiles`]).
+//! [`init_station`] makes the station's own key and CSR; [`batch`] enrols a
+//! CSV of devices concurrently and resumably.
 //!
 //! It depends on none of the server crates: the wire shapes it needs are
 //! declared here.
@@ -18,13 +23,19 @@ mod credential;
 mod error;
 mod fsutil;
 mod init;
+mod output;
 mod record;
 
 pub use batch::write_certificate;
 pub use client::{
-    parse_error, Client, Enrolled, Timeouts, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
+    parse_error, Client, Enrolled, Keypair, Timeouts, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT, SECRET_LEN,
 };
 pub use credential::Credential;
 pub use error::{Error, Result};
 pub use init::{init_station, CSR_FILE, KEY_FILE};
+pub use output::{
+    secret_hex_line, KeypairFiles, ReservedFile, KEYPAIR_CERT_FILE, KEYPAIR_CHAIN_FILE,
+    KEYPAIR_KEY_FILE, PUBLIC_MODE, SECRET_MODE,
+};
 pub use record::{ComponentLot, ProvisioningRecord, Step};

@@ -38,11 +38,14 @@ pub enum Tree {
     Firmware,
     /// M-of-N approval requests by id.
     Approvals,
+    /// Escrowed device secrets (wrapped under the token KEK) by
+    /// `<module serial>/<purpose>`.
+    Escrow,
 }
 
 impl Tree {
     /// Every tree, for backends that create them up front.
-    pub const ALL: [Tree; 10] = [
+    pub const ALL: [Tree; 11] = [
         Tree::Certificates,
         Tree::Devices,
         Tree::HardwareIds,
@@ -53,6 +56,7 @@ impl Tree {
         Tree::Counters,
         Tree::Firmware,
         Tree::Approvals,
+        Tree::Escrow,
     ];
 
     /// Stable name, used as the sled tree name.
@@ -68,6 +72,7 @@ impl Tree {
             Tree::Counters => "counters",
             Tree::Firmware => "firmware",
             Tree::Approvals => "approvals",
+            Tree::Escrow => "escrow",
         }
     }
 }

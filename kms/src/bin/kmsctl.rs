@@ -134,6 +134,84 @@ enum Command {
         #[command(subcommand)]
         command: FirmwareCommand,
     },
+    /// Escrowed device secrets: M-of-N recovery, rotation, KEK rotation.
+    Escrow {
+        #[command(subcommand)]
+        command: EscrowCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EscrowCommand {
+    /// Ask for a device secret to be recovered (officers, with their own
+    /// credential: --url --cert --key --ca). Other officers approve it;
+    /// the secret is then sealed to RECIPIENT (a P-256 public key PEM).
+    Request {
+        /// Module serial.
+        serial: String,
+        /// psk, keypair, or an AES key name of the profile.
+        #[arg(long)]
+        purpose: String,
+        /// Why; recorded and shown to the approvers.
+        #[arg(long)]
+        reason: String,
+        /// The P-256 public key (PEM) the secret is sealed to.
+        #[arg(long)]
+        recipient: PathBuf,
+    },
+    /// Approve a recovery request whose content you reviewed (`list`
+    /// shows it and its hash). With --out, the approval that completes the
+    /// quorum writes the sealed secret there.
+    Approve {
+        /// Request id.
+        id: String,
+        /// The request's hash.
+        #[arg(long)]
+        hash: String,
+        /// Where to write the sealed secret.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Pending recovery requests.
+    List,
+    /// A request's state; with --out the sealed secret once approved.
+    Fetch {
+        /// Request id.
+        id: String,
+        /// Where to write the sealed secret.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Open a sealed secret with the recipient's private key (PEM), here,
+    /// without the appliance; writes it (hex for 32-byte secrets, else as
+    /// is) to --out, mode 0600.
+    Decrypt {
+        /// The sealed secret `fetch --out` wrote.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The recipient's private key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the secret (created, mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Let a device get its secret once more (a rotation).
+    AllowRotation {
+        /// Module serial.
+        serial: String,
+        /// psk, keypair or an AES key name.
+        #[arg(long)]
+        purpose: String,
+    },
+    /// Make a new escrow KEK in the token and re-wrap every blob under it
+    /// (progress bar); the old KEK is destroyed once all open under the new
+    /// one. Resumable: run it again after an interruption.
+    RotateKek {
+        /// Blobs re-wrapped per request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -710,6 +788,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Firmware { command } => firmware_command(&cli, command),
+        Command::Escrow { command } => escrow_command(&cli, command),
         Command::Batch {
             command:
                 BatchCommand::Revoke {
@@ -1103,6 +1182,187 @@ fn firmware_command(cli: &Cli, command: &FirmwareCommand) -> anyhow::Result<()> 
         }
     };
     println!("{v}");
+    Ok(())
+}
+
+/// The sealed secret of a done recovery request: the file holds one JSON
+/// object (`context`, `sealed` base64, fingerprints), which `decrypt` reads.
+fn write_sealed(v: &serde_json::Value, out: &Path) -> anyhow::Result<()> {
+    if v["state"] != "done" {
+        anyhow::bail!(
+            "request {} is {} ({})",
+            v["id"].as_str().unwrap_or("?"),
+            v["state"].as_str().unwrap_or("?"),
+            v["result"]["error"]["code"]
+                .as_str()
+                .unwrap_or("not approved yet")
+        );
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&v["result"])?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("sealed secret written to {}", out.display());
+    Ok(())
+}
+
+fn escrow_command(cli: &Cli, command: &EscrowCommand) -> anyhow::Result<()> {
+    let show = |v: &serde_json::Value| {
+        if cli.json {
+            println!("{v}");
+        } else {
+            println!(
+                "request {} ({}) by {}: {} of {} approvals, {}, expires {}\n  hash {}\n  {}",
+                v["id"].as_str().unwrap_or("?"),
+                v["kind"].as_str().unwrap_or("?"),
+                v["requested_by"].as_str().unwrap_or("?"),
+                v["approvals"]["have"],
+                v["approvals"]["need"],
+                v["state"].as_str().unwrap_or("?"),
+                v["expires_at"].as_str().unwrap_or("?"),
+                v["hash"].as_str().unwrap_or("?"),
+                v["payload"]
+            );
+        }
+    };
+    match command {
+        EscrowCommand::Request {
+            serial,
+            purpose,
+            reason,
+            recipient,
+        } => {
+            let pem = std::fs::read_to_string(recipient)
+                .with_context(|| format!("reading {}", recipient.display()))?;
+            show(&request(
+                cli,
+                &Request::EscrowRequest {
+                    serial: serial.clone(),
+                    purpose: purpose.clone(),
+                    reason: reason.clone(),
+                    recipient_public_key: pem,
+                },
+            )?);
+        }
+        EscrowCommand::Approve { id, hash, out } => {
+            let v = request(
+                cli,
+                &Request::Approve {
+                    id: id.clone(),
+                    hash: hash.clone(),
+                },
+            )?;
+            if let (Some(out), Some("done")) = (out, v["state"].as_str()) {
+                write_sealed(&v, out)?;
+            }
+            show(&v);
+        }
+        EscrowCommand::List => {
+            let v = request(cli, &Request::Approvals)?;
+            for r in v.as_array().into_iter().flatten() {
+                if r["kind"] == "escrow_recovery" {
+                    show(r);
+                }
+            }
+        }
+        EscrowCommand::Fetch { id, out } => {
+            let v = request(cli, &Request::Approval { id: id.clone() })?;
+            if let Some(out) = out {
+                write_sealed(&v, out)?;
+            }
+            show(&v);
+        }
+        EscrowCommand::Decrypt { input, key, out } => {
+            use base64::Engine as _;
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let sealed: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(input).with_context(|| format!("reading {}", input.display()))?,
+            )?;
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(sealed["sealed"].as_str().unwrap_or_default())?;
+            let context = sealed["context"].as_str().unwrap_or_default();
+            let key = zeroize::Zeroizing::new(
+                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+            );
+            let secret = escrow::open_as_recipient(&key, context.as_bytes(), &blob)
+                .map_err(kms::Error::from)?;
+            if escrow::fingerprint(&secret)
+                != sealed["secret_fingerprint"].as_str().unwrap_or_default()
+            {
+                anyhow::bail!(
+                    "the opened secret does not match the fingerprint the appliance recorded"
+                );
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            if secret.len() == 32 {
+                let mut text = zeroize::Zeroizing::new(hex::encode(&*secret));
+                text.push('\n');
+                f.write_all(text.as_bytes())?;
+            } else {
+                f.write_all(&secret)?;
+            }
+            f.sync_all()?;
+            eprintln!(
+                "secret {} of {} {} written to {}",
+                sealed["secret_fingerprint"].as_str().unwrap_or("?"),
+                sealed["module_serial"].as_str().unwrap_or("?"),
+                sealed["purpose"].as_str().unwrap_or("?"),
+                out.display()
+            );
+        }
+        EscrowCommand::AllowRotation { serial, purpose } => {
+            let v = request(
+                cli,
+                &Request::AllowRotation {
+                    serial: serial.clone(),
+                    purpose: purpose.clone(),
+                },
+            )?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("{serial}: one new {purpose} allowed");
+            }
+        }
+        EscrowCommand::RotateKek { batch } => {
+            let mut bar: Option<indicatif::ProgressBar> = None;
+            loop {
+                let v = request(
+                    cli,
+                    &Request::RotateKek {
+                        limit: (*batch).max(1),
+                    },
+                )?;
+                let total = v["blobs"].as_u64().unwrap_or(0);
+                let left = v["remaining"].as_u64().unwrap_or(0);
+                let b = bar.get_or_insert_with(|| {
+                    progress_bar(
+                        total,
+                        cli.json,
+                        "re-wrapping {bar:40} {pos}/{len} ({per_sec})",
+                    )
+                });
+                b.set_position(total.saturating_sub(left));
+                if cli.json {
+                    println!("{v}");
+                }
+                if v["done"] == true {
+                    b.finish_and_clear();
+                    if !cli.json {
+                        println!(
+                            "escrow KEK rotated from version {} to {}: {} blobs under the new KEK, the old one destroyed",
+                            v["from"], v["to"], total
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+    }
     Ok(())
 }
 

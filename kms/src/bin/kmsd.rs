@@ -74,6 +74,8 @@ fn main() -> anyhow::Result<()> {
         audit.clone(),
         policy,
     )?);
+    // The escrow KEK (version 1 on an appliance that has none yet).
+    kms::secrets::ensure_kek(&token, app.store.as_ref(), &audit, "kmsd")?;
     // The server certificate, made or renewed (its key stays in the token).
     let server_der = kms::credentials::ensure_server(&cfg, &token, &audit, "kmsd")?;
     let internal_der = kms::ceremony::read_cert(&kms::ceremony::CaFiles::of(&cfg).internal)?;

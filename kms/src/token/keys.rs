@@ -232,6 +232,33 @@ pub(crate) fn generate_key_pair(
         .map_err(ck)
 }
 
+/// Generate a P-256 key pair for a device without a secure element: session
+/// objects (gone with the session whatever happens), the private key
+/// readable once (`CKA_SENSITIVE=false`, `CKA_EXTRACTABLE=true`) because it
+/// is handed to the station and escrowed; the caller reads and destroys
+/// both at once. Returns (public, private) handles.
+pub(crate) fn generate_exportable_p256(session: &Session) -> Result<(ObjectHandle, ObjectHandle)> {
+    let public = [
+        Attribute::Token(false),
+        Attribute::Private(false),
+        Attribute::EcParams(P256_PARAMS.to_vec()),
+        Attribute::Verify(true),
+    ];
+    let private = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ];
+    session
+        .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+        .map_err(ck)
+}
+
 /// Generate an AES-256 secret key for one usage.
 pub(crate) fn generate_aes(
     session: &Session,

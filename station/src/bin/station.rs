@@ -1,5 +1,6 @@
 //! `station`: the vBus KMS provisioning-station CLI.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,7 +10,10 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use station::batch::{self, BatchOptions, Summary};
-use station::{Client, Credential, ProvisioningRecord, Timeouts};
+use station::{
+    Client, Credential, KeypairFiles, ProvisioningRecord, ReservedFile, Timeouts, SECRET_MODE,
+};
+use zeroize::Zeroizing;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -32,6 +36,19 @@ Error codes: manifest_malformed, unsupported_algorithm, invalid_product,
 invalid_version, digest_length_invalid, public_key_invalid, key_id_mismatch,
 algorithm_mismatch, manifest_signature_invalid, image_digest_mismatch,
 security_version_too_low, io_error, usage_error.";
+
+const SECRET_HELP: &str = "\
+The appliance hands each secret out once, to the station that enrolled the
+device: asking again is refused (psk_already_issued, secret_already_issued)
+until an officer allows a rotation with
+`kmsctl escrow allow-rotation SERIAL --purpose PURPOSE`. The output file is
+created (mode 0600, never overwriting: file_exists) before the appliance is
+asked, so a file problem never costs the secret. The secret is never logged
+nor shown in a message.
+
+Exit status: 0 written; 1 error, printed as `error[<code>]: <message>`
+(device_not_found, psk_already_issued, secret_already_issued,
+secret_purpose_unknown, file_exists, transport_error, ...).";
 
 /// Images at least this large get a progress bar while they are hashed.
 const PROGRESS_FROM: u64 = 16 * 1024 * 1024;
@@ -117,6 +134,54 @@ enum Command {
     },
     /// Ask the appliance whether it is up (checks the credential and TLS too).
     Health,
+    /// Fetch the device's pre-shared key (32 bytes) and write it as 64 hex
+    /// digits and a newline.
+    #[command(after_help = SECRET_HELP)]
+    Psk {
+        /// Module serial; the device must have been enrolled by this station.
+        #[arg(long)]
+        serial: String,
+        /// File for the PSK, created with mode 0600 (never overwritten).
+        /// Without it the PSK goes to standard output, only for piping into
+        /// the injection tool (refused when standard output is a terminal;
+        /// --json does not change it).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Fetch one of the device's AES-256 keys (a purpose of its module
+    /// type's profile, e.g. `data`) and write it as 64 hex digits and a
+    /// newline.
+    #[command(after_help = SECRET_HELP)]
+    Key {
+        /// Module serial; the device must have been enrolled by this station.
+        #[arg(long)]
+        serial: String,
+        /// The key's purpose: an `aes_keys` name of the device's profile.
+        #[arg(long)]
+        purpose: String,
+        /// File for the key, created with mode 0600 (never overwritten).
+        /// Without it the key goes to standard output, only for piping into
+        /// the injection tool (refused when standard output is a terminal;
+        /// --json does not change it).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// For a module without a secure element: have the appliance generate
+    /// a P-256 key pair and certify it, and write DIR/key.pem (PKCS#8,
+    /// 0600), DIR/cert.pem and DIR/chain.pem.
+    #[command(after_help = SECRET_HELP)]
+    Keypair {
+        /// Module serial, VBUS-{CPU|PWR|PERIPH|COMM}-YYMM-NNNNNN.
+        #[arg(long)]
+        serial: String,
+        /// Hardware UUID of the module.
+        #[arg(long)]
+        uuid: String,
+        /// Directory for key.pem, cert.pem and chain.pem (created if
+        /// missing, mode 0700); none of them may exist yet.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Enrol every device of a CSV (header serial,hw_uuid,csr; csr paths
     /// relative to the CSV). Resumable: devices already in the journal are
     /// skipped, and retrying a device never issues twice.
@@ -275,6 +340,17 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Psk { serial, out } => {
+            secret(cli, serial, "psk", out.as_deref(), |c| c.psk(serial))
+        }
+        Command::Key {
+            serial,
+            purpose,
+            out,
+        } => secret(cli, serial, purpose, out.as_deref(), |c| {
+            c.device_key(serial, purpose)
+        }),
+        Command::Keypair { serial, uuid, out } => keypair(cli, serial, uuid, out),
         Command::Batch {
             file,
             out,
@@ -312,6 +388,99 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             min_security_version,
         } => verify_firmware(cli, manifest, image, pubkey, *min_security_version),
     }
+}
+
+/// What to tell the operator when a secret arrived but could not be
+/// written: it is gone, and only an officer can let the device have
+/// another.
+fn lost(serial: &str, purpose: &str) -> String {
+    format!(
+        "the appliance issued the {purpose} of {serial} but it could not be written; it is \
+         lost: an officer must allow a rotation \
+         (kmsctl escrow allow-rotation {serial} --purpose {purpose}) before asking again"
+    )
+}
+
+/// `station psk` and `station key`: the output reserved first, then the
+/// request, then the hex line written.
+fn secret(
+    cli: &Cli,
+    serial: &str,
+    purpose: &str,
+    out: Option<&Path>,
+    fetch: impl FnOnce(&Client) -> station::Result<Zeroizing<Vec<u8>>>,
+) -> anyhow::Result<ExitCode> {
+    let client = client(cli)?;
+    let what = if purpose == "psk" {
+        "PSK".to_owned()
+    } else {
+        format!("{purpose} key")
+    };
+    let reserved = match out {
+        Some(path) => Some(ReservedFile::create(path, SECRET_MODE)?),
+        None if std::io::stdout().is_terminal() => bail!(
+            "refusing to print the {what} on a terminal: give --out FILE, or pipe standard \
+             output into the injection tool"
+        ),
+        None => None,
+    };
+    let line = station::secret_hex_line(&fetch(&client)?);
+    let Some(file) = reserved else {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(line.as_bytes())
+            .and_then(|()| stdout.flush())
+            .with_context(|| lost(serial, purpose))?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let path = file.path().to_owned();
+    file.fill(line.as_bytes())
+        .with_context(|| lost(serial, purpose))?;
+    if cli.json {
+        print_json(&json!({
+            "serial": serial,
+            "purpose": purpose,
+            "file": path,
+            "mode": format!("{SECRET_MODE:04o}"),
+        }))?;
+    } else {
+        println!(
+            "{what} for {serial} written to {} (mode {SECRET_MODE:04o})",
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `station keypair`: the three files reserved first, then the request.
+fn keypair(cli: &Cli, serial: &str, uuid: &str, out: &Path) -> anyhow::Result<ExitCode> {
+    let client = client(cli)?;
+    let files = KeypairFiles::create(out)?;
+    let (key_file, cert_file, chain_file) = (
+        files.key.path().to_owned(),
+        files.cert.path().to_owned(),
+        files.chain.path().to_owned(),
+    );
+    let kp = client.keypair(serial, uuid)?;
+    files.fill(&kp).with_context(|| lost(serial, "keypair"))?;
+    if cli.json {
+        print_json(&json!({
+            "serial": serial,
+            "serial_number": kp.serial_number,
+            "not_after": kp.not_after,
+            "certificate": kp.certificate_pem,
+            "chain": kp.chain_pem,
+            "key_file": key_file,
+            "cert_file": cert_file,
+            "chain_file": chain_file,
+        }))?;
+    } else {
+        println!(
+            "keypair for {serial}: certificate {}, valid until {}",
+            kp.serial_number, kp.not_after
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A local refusal with its stable code, for failures that are neither a
