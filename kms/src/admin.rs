@@ -181,6 +181,9 @@ pub enum Request {
     RotateKek {
         /// Blobs to re-wrap in this step.
         limit: usize,
+        /// Where the previous step stopped (its `cursor`).
+        #[serde(default)]
+        cursor: Option<String>,
     },
     /// Sign and publish a CRL now.
     CrlPublish {
@@ -303,7 +306,9 @@ pub fn dispatch(app: &Appliance, caller: &Caller, req: &Request) -> Result<Value
             app.allow_rotation(caller, serial, purpose)?;
             json!({ "module_serial": serial, "purpose": purpose, "rotation_allowed": true })
         }
-        Request::RotateKek { limit } => app.rotate_kek_step(caller, *limit)?,
+        Request::RotateKek { limit, cursor } => {
+            app.rotate_kek_step(caller, *limit, cursor.as_deref())?
+        }
         Request::CrlPublish { ca } => {
             let name = match CaName::parse(ca) {
                 Ok(n) => n,

@@ -458,7 +458,12 @@ impl Appliance {
     /// up to `limit` blobs still under an older KEK, and when none is left,
     /// make the new KEK current and destroy the old one. Resumable: a step
     /// after a crash carries on with the same new KEK.
-    pub fn rotate_kek_step(&self, caller: &Caller, limit: usize) -> Result<Value> {
+    pub fn rotate_kek_step(
+        &self,
+        caller: &Caller,
+        limit: usize,
+        from: Option<&str>,
+    ) -> Result<Value> {
         if let Err(e) = self.policy.check(caller, &policies::Action::Admin) {
             return self.refuse(caller, ROTATE_OP, "-", e);
         }
@@ -496,31 +501,68 @@ impl Appliance {
             }
         };
         let to = self.wrapper(next);
-        let mut rewrapped = 0usize;
-        let mut remaining = 0usize;
-        let mut total = 0usize;
-        for (k, v) in store.scan(Tree::Escrow, &[], usize::MAX)? {
-            total += 1;
-            let r: EscrowRecord = serde_json::from_slice(&v)
-                .map_err(|e| Error::Store(store::Error::Corrupt(format!("escrow record: {e}"))))?;
-            if r.blob.kek_version == next {
-                continue;
+        let total = store.len(Tree::Escrow)?;
+        // One pass over the tree, `limit` blobs a step, from the cursor the
+        // previous step returned; blobs sealed meanwhile are under `next`
+        // already, so the pass misses none.
+        let mut cursor: Vec<u8> = from.map(|c| c.as_bytes().to_vec()).unwrap_or_default();
+        let mut batch = Vec::new();
+        let mut reached_end = false;
+        const PAGE: usize = 1000;
+        'pass: loop {
+            let page = store.scan(Tree::Escrow, &cursor, PAGE)?;
+            for (k, v) in &page {
+                cursor = k.clone();
+                cursor.push(0);
+                let r: EscrowRecord = serde_json::from_slice(v).map_err(|e| {
+                    Error::Store(store::Error::Corrupt(format!("escrow record: {e}")))
+                })?;
+                if r.blob.kek_version == next {
+                    continue;
+                }
+                let from = self.wrapper(r.blob.kek_version);
+                let new = r.rewrap(&from as &dyn KeyWrapper, &to as &dyn KeyWrapper)?;
+                batch.push(Write::Replace {
+                    tree: Tree::Escrow,
+                    key: k.clone(),
+                    expected: Some(v.clone()),
+                    value: to_json(&new)?,
+                });
+                if batch.len() >= limit.max(1) {
+                    break 'pass;
+                }
             }
-            if rewrapped >= limit {
-                remaining += 1;
-                continue;
+            if page.len() < PAGE {
+                reached_end = true;
+                break;
             }
-            let from = self.wrapper(r.blob.kek_version);
-            let new = r.rewrap(&from as &dyn KeyWrapper, &to as &dyn KeyWrapper)?;
-            // Compare-and-swap: a secret issued meanwhile is already under `next`.
-            let _ = store.commit(&[Write::Replace {
-                tree: Tree::Escrow,
-                key: k,
-                expected: Some(v),
-                value: to_json(&new)?,
-            }])?;
-            rewrapped += 1;
         }
+        let rewrapped = batch.len();
+        // One commit (one flush) for the step; a record changed meanwhile
+        // (its secret rotated) fails the batch, so then each on its own.
+        if store.commit(&batch)?.is_err() {
+            for w in batch {
+                let _ = store.commit(&[w])?;
+            }
+        }
+        // At the end of the pass, every blob must be under `next`; one that
+        // is not (changed while it was re-wrapped) starts another pass.
+        let remaining = if reached_end {
+            let mut old = 0usize;
+            for (_, v) in store.scan(Tree::Escrow, &[], usize::MAX)? {
+                let r: EscrowRecord = serde_json::from_slice(&v).map_err(|e| {
+                    Error::Store(store::Error::Corrupt(format!("escrow record: {e}")))
+                })?;
+                old += usize::from(r.blob.kek_version != next);
+            }
+            old
+        } else {
+            usize::MAX
+        };
+        let next_cursor = match (reached_end, remaining) {
+            (false, _) => Some(String::from_utf8_lossy(&cursor).into_owned()),
+            _ => None,
+        };
         let done = remaining == 0;
         if done {
             auditing::record(
@@ -557,8 +599,8 @@ impl Appliance {
             }
         }
         Ok(
-            json!({ "from": current, "to": next, "rewrapped": rewrapped, "remaining": remaining,
-                   "blobs": total, "done": done }),
+            json!({ "from": current, "to": next, "rewrapped": rewrapped, "blobs": total,
+                   "cursor": next_cursor, "done": done }),
         )
     }
 }

@@ -45,7 +45,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,7 +62,10 @@ use sha2::{Digest as _, Sha256};
 use store::{Store, Tree, Write};
 
 mod common;
-use common::{command_line, env_secs, memory, memory_self, mib, require_release_bins, thousands};
+use common::{
+    command_line, disk_usage, env_secs, fsync_rate, make_devices, median, memory, memory_self, mib,
+    require_release_bins, thousands,
+};
 
 /// Argument that makes this binary run one phase as a child process.
 const PHASE_ARG: &str = "--revocation-bench-phase";
@@ -575,91 +578,6 @@ fn revoke_phase(app: &Appliance, dir: &Path) -> Value {
     })
 }
 
-/// One device: its index, module serial, hardware UUID and CSR (fresh key).
-struct Device {
-    index: usize,
-    serial: String,
-    uuid: String,
-    csr_pem: String,
-}
-
-/// Devices `0..n`, made on every CPU.
-fn make_devices(n: usize) -> Vec<Device> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = n.div_ceil(workers).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .step_by(chunk)
-            .map(|start| {
-                s.spawn(move || {
-                    (start..(start + chunk).min(n))
-                        .map(device)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("CSR thread"))
-            .collect()
-    })
-}
-
-/// A device CSR as EST clients make it: subject serialNumber and CN the
-/// module serial, SAN `URI:urn:uuid:<uuid>`, a fresh P-256 key.
-fn device(index: usize) -> Device {
-    let serial = format!("VBUS-CPU-2412-{:06}", index + 1);
-    let uuid = format!("6f9619ff-8b86-4011-b42d-{:012x}", index + 1);
-    let key = ca::testing::SoftP256::generate();
-    let mut params = rcgen::CertificateParams::default();
-    let mut name = rcgen::DistinguishedName::new();
-    name.push(
-        rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]),
-        rcgen::DnValue::PrintableString(
-            rcgen::string::PrintableString::try_from(serial.as_str())
-                .or_die("module serial as PrintableString"),
-        ),
-    );
-    name.push(rcgen::DnType::CommonName, serial.as_str());
-    params.distinguished_name = name;
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        rcgen::string::Ia5String::try_from(format!("urn:uuid:{uuid}")).or_die("urn:uuid"),
-    )];
-    let csr_pem = params
-        .serialize_request(&ca::RcgenSigner::new(&key))
-        .or_die("CSR")
-        .pem()
-        .or_die("CSR PEM");
-    Device {
-        index,
-        serial,
-        uuid,
-        csr_pem,
-    }
-}
-
-/// 64-byte appends, each followed by fdatasync, for `length`, in `dir`.
-fn fsync_rate(dir: &Path, length: Duration) -> (u64, Duration) {
-    let path = dir.join("fsync-probe");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .or_die("open the fsync probe");
-    let block = [0x5au8; 64];
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed() < length {
-        f.write_all(&block).or_die("write the fsync probe");
-        f.sync_data().or_die("fdatasync");
-        n += 1;
-    }
-    let elapsed = t.elapsed();
-    drop(f);
-    let _ = std::fs::remove_file(&path);
-    (n, elapsed)
-}
-
 // -------------------------------------------------------------- OCSP
 
 /// One OCSP load phase's figures.
@@ -1087,26 +1005,6 @@ fn print_table(crl: &Value, rev: &Value, ocsp: &Ocsp, raw_rate: f64) {
 
 // ------------------------------------------------------------- small
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Disk blocks under `path`, kB.
-fn disk_usage(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    let own = meta.blocks() / 2;
-    if !meta.is_dir() {
-        return own;
-    }
-    own + std::fs::read_dir(path)
-        .map(|rd| rd.flatten().map(|e| disk_usage(&e.path())).sum::<u64>())
-        .unwrap_or(0)
 }

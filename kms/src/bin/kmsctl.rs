@@ -1330,15 +1330,17 @@ fn escrow_command(cli: &Cli, command: &EscrowCommand) -> anyhow::Result<()> {
         }
         EscrowCommand::RotateKek { batch } => {
             let mut bar: Option<indicatif::ProgressBar> = None;
+            let (mut cursor, mut done_so_far) = (None::<String>, 0u64);
             loop {
                 let v = request(
                     cli,
                     &Request::RotateKek {
                         limit: (*batch).max(1),
+                        cursor: cursor.clone(),
                     },
                 )?;
                 let total = v["blobs"].as_u64().unwrap_or(0);
-                let left = v["remaining"].as_u64().unwrap_or(0);
+                done_so_far += v["rewrapped"].as_u64().unwrap_or(0);
                 let b = bar.get_or_insert_with(|| {
                     progress_bar(
                         total,
@@ -1346,7 +1348,7 @@ fn escrow_command(cli: &Cli, command: &EscrowCommand) -> anyhow::Result<()> {
                         "re-wrapping {bar:40} {pos}/{len} ({per_sec})",
                     )
                 });
-                b.set_position(total.saturating_sub(left));
+                b.set_position(done_so_far.min(total));
                 if cli.json {
                     println!("{v}");
                 }
@@ -1360,6 +1362,7 @@ fn escrow_command(cli: &Cli, command: &EscrowCommand) -> anyhow::Result<()> {
                     }
                     break;
                 }
+                cursor = v["cursor"].as_str().map(str::to_owned);
             }
         }
     }

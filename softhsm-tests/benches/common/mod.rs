@@ -1,10 +1,13 @@
-//! Helpers shared by the benchmark programs (`service`, `revocation`):
-//! finding the release binaries, reading knobs from the environment,
-//! process memory, and number formatting for the printed tables.
+//! Helpers shared by the benchmark programs (`service`, `revocation`,
+//! `escrow`): finding the release binaries, reading knobs from the
+//! environment, device CSRs made in-process, the raw fsync rate, process
+//! memory, and number formatting for the printed tables.
 #![allow(dead_code)] // each bench uses its own subset
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The rest of a bench program's `main`: `cargo test --all-targets` and
 /// nextest also run bench binaries, so list nothing and run nothing unless
@@ -114,4 +117,113 @@ pub fn thousands(v: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// The median of `v` (zero when empty).
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// Disk blocks under `path`, kB.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() / 2;
+    if !meta.is_dir() {
+        return own;
+    }
+    own + std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| disk_usage(&e.path())).sum::<u64>())
+        .unwrap_or(0)
+}
+
+/// 64-byte appends, each followed by fdatasync, for `length`, in `dir`:
+/// how many, and how long they took.
+pub fn fsync_rate(dir: &Path, length: Duration) -> (u64, Duration) {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open the fsync probe: {e}"));
+    let block = [0x5au8; 64];
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < length {
+        f.write_all(&block)
+            .unwrap_or_else(|e| panic!("write the fsync probe: {e}"));
+        f.sync_data().unwrap_or_else(|e| panic!("fdatasync: {e}"));
+        n += 1;
+    }
+    let elapsed = t.elapsed();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    (n, elapsed)
+}
+
+/// One device: its index, module serial, hardware UUID and CSR (fresh key).
+pub struct Device {
+    pub index: usize,
+    pub serial: String,
+    pub uuid: String,
+    pub csr_pem: String,
+}
+
+/// Devices `0..n` (see [`device`]), made on every CPU.
+pub fn make_devices(n: usize) -> Vec<Device> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = n.div_ceil(workers).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                s.spawn(move || {
+                    (start..(start + chunk).min(n))
+                        .map(device)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("CSR thread"))
+            .collect()
+    })
+}
+
+/// Device `index` with a CSR as EST clients make it: module serial
+/// `VBUS-CPU-2412-<index + 1>` as subject serialNumber and CN, SAN
+/// `URI:urn:uuid:<uuid>`, a fresh P-256 key.
+pub fn device(index: usize) -> Device {
+    let serial = format!("VBUS-CPU-2412-{:06}", index + 1);
+    let uuid = format!("6f9619ff-8b86-4011-b42d-{:012x}", index + 1);
+    let key = ca::testing::SoftP256::generate();
+    let mut params = rcgen::CertificateParams::default();
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(
+        rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]),
+        rcgen::DnValue::PrintableString(
+            rcgen::string::PrintableString::try_from(serial.as_str())
+                .unwrap_or_else(|e| panic!("module serial as PrintableString: {e}")),
+        ),
+    );
+    name.push(rcgen::DnType::CommonName, serial.as_str());
+    params.distinguished_name = name;
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(format!("urn:uuid:{uuid}"))
+            .unwrap_or_else(|e| panic!("urn:uuid: {e}")),
+    )];
+    let csr_pem = params
+        .serialize_request(&ca::RcgenSigner::new(&key))
+        .and_then(|c| c.pem())
+        .unwrap_or_else(|e| panic!("device CSR: {e}"));
+    Device {
+        index,
+        serial,
+        uuid,
+        csr_pem,
+    }
 }
