@@ -44,33 +44,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::fmt::Display;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use escrow::{EscrowRecord, SecretKind};
 use kms::appliance::Appliance;
-use kms::config::Config;
 use kms::policy::Caller;
 use kms::secrets::kek_label;
-use kms::token::{Token, TokenKeyWrapper};
+use kms::token::TokenKeyWrapper;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use store::{Store, Tree, Write};
 
 mod common;
 use common::{
-    command_line, disk_usage, fsync_rate, make_devices, median, memory_self, mib,
-    require_release_bins, thousands,
+    command_line, disk_usage, fsync_rate, make_devices, median, memory_self, mib, open_appliance,
+    quickstart, require_release_bins, run_child, thousands, OrDie,
 };
 
-/// Argument that makes this binary run one phase as a child process.
-const PHASE_ARG: &str = "--escrow-bench-phase";
-/// Prefix of the child's one line of results on stdout.
-const RESULT: &str = "RESULT ";
 /// The quickstart station, owner of the devices.
 const STATION: &str = "station-01";
 /// Devices whose PSKs one thread issues.
@@ -98,26 +91,7 @@ const FSYNCS_PER_PSK: f64 = 2.0;
 const SHOW_FAILURES: usize = 5;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == PHASE_ARG) {
-        let (Some(phase), Some(dir)) = (args.get(i + 1), args.get(i + 2)) else {
-            panic!("{PHASE_ARG} PHASE DIR");
-        };
-        child(phase, Path::new(dir));
-        return;
-    }
-    common::bench_main("escrow", &args, bench);
-}
-
-/// `Result` with a message naming what failed.
-trait OrDie<T> {
-    fn or_die(self, what: &str) -> T;
-}
-
-impl<T, E: Display> OrDie<T> for Result<T, E> {
-    fn or_die(self, what: &str) -> T {
-        self.unwrap_or_else(|e| panic!("{what}: {e}"))
-    }
+    common::phases_main("escrow", child, bench);
 }
 
 // ------------------------------------------------------------ parent
@@ -133,7 +107,7 @@ fn bench() -> bool {
     // 1. PSKs.
     let psk = {
         let tmp = tempfile::tempdir().or_die("temp dir");
-        let dir = quickstart(tmp.path());
+        let dir = quickstart(tmp.path(), softhsm_tests::free_port());
         run_child("psk", &dir)
     };
     let fails = psk["failures"].as_u64().unwrap_or(u64::MAX);
@@ -144,7 +118,7 @@ fn bench() -> bool {
     // 2 and 3. KEK rotation, then the check.
     let rot = {
         let tmp = tempfile::tempdir().or_die("temp dir");
-        let dir = quickstart(tmp.path());
+        let dir = quickstart(tmp.path(), softhsm_tests::free_port());
         run_child("rotate", &dir)
     };
     for p in rot["problems"].as_array().into_iter().flatten() {
@@ -175,44 +149,6 @@ fn blob_count() -> usize {
             std::process::exit(2);
         }
     }
-}
-
-/// `kmsctl quickstart TMP/appliance` (kmsd is not started).
-fn quickstart(tmp: &Path) -> PathBuf {
-    let dir = tmp.join("appliance");
-    eprintln!("quickstart {} …", dir.display());
-    let out = softhsm_tests::quickstart(&dir, softhsm_tests::free_port());
-    assert!(
-        out.status.success(),
-        "kmsctl quickstart: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
-/// Run `phase` on `dir` in a child process of this binary; its results.
-fn run_child(phase: &str, dir: &Path) -> Value {
-    let exe = std::env::current_exe().expect("current exe");
-    let out = Command::new(exe)
-        .args([PHASE_ARG, phase])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .or_die("start the child phase");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        eprintln!(
-            "phase {phase} failed ({}); its stdout:\n{stdout}",
-            out.status
-        );
-        std::process::exit(1);
-    }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(RESULT))
-        .unwrap_or_else(|| panic!("phase {phase} printed no result:\n{stdout}"));
-    serde_json::from_str(line).or_die("the child's result")
 }
 
 fn print_header(blobs: usize) {
@@ -266,22 +202,17 @@ fn print_header(blobs: usize) {
 
 // ------------------------------------------------------------- child
 
-fn child(phase: &str, dir: &Path) {
+fn child(phase: &str, dir: &Path) -> Value {
     // Before the module is loaded and before any thread exists.
-    let cfg = Config::load(&dir.join("kmsd.toml")).or_die("load kmsd.toml");
-    cfg.token.apply_module_env();
-    let pin = kms::pin::load_pin(&cfg.token).or_die("load the PIN");
-    let token = Arc::new(Token::open(&cfg.token, pin).or_die("open the token"));
-    let app = Appliance::open(cfg, token.clone()).or_die("open the appliance");
+    let (app, token) = open_appliance(dir);
     let kek = kms::secrets::ensure_kek(&token, app.store.as_ref(), &app.audit, "bench")
         .or_die("ensure_kek");
     assert_eq!(kek, 1, "a fresh quickstart starts at KEK version 1");
-    let result = match phase {
+    match phase {
         "psk" => psk_phase(&app, dir),
         "rotate" => rotate_phase(&app),
         other => panic!("unknown phase {other:?}"),
-    };
-    println!("{RESULT}{result}");
+    }
 }
 
 /// Median of [`RAW_RUNS`] timed calls of `f`, after one untimed.

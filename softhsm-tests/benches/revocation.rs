@@ -44,19 +44,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use kms::appliance::Appliance;
-use kms::config::Config;
 use kms::policy::Caller;
 use kms::revocation::{CaName, RevocationRecord, Revocations, RevokeRequest};
-use kms::token::{Token, TokenSigner};
+use kms::token::TokenSigner;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use store::{Store, Tree, Write};
@@ -64,13 +62,9 @@ use store::{Store, Tree, Write};
 mod common;
 use common::{
     command_line, disk_usage, env_secs, fsync_rate, make_devices, median, memory, memory_self, mib,
-    require_release_bins, thousands,
+    open_appliance, quickstart, require_release_bins, run_child, thousands, OrDie,
 };
 
-/// Argument that makes this binary run one phase as a child process.
-const PHASE_ARG: &str = "--revocation-bench-phase";
-/// Prefix of the child's one line of results on stdout.
-const RESULT: &str = "RESULT ";
 /// Synthetic revocations per store commit.
 const FILL_BATCH: usize = 10_000;
 /// Device certificates revoked one at a time, then in batches.
@@ -88,26 +82,7 @@ const TARGET_SECS: f64 = 3.0;
 const SHOW_FAILURES: usize = 5;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == PHASE_ARG) {
-        let (Some(phase), Some(dir)) = (args.get(i + 1), args.get(i + 2)) else {
-            panic!("{PHASE_ARG} PHASE DIR");
-        };
-        child(phase, Path::new(dir));
-        return;
-    }
-    common::bench_main("revocation", &args, bench);
-}
-
-/// `Result` with a message naming what failed.
-trait OrDie<T> {
-    fn or_die(self, what: &str) -> T;
-}
-
-impl<T, E: Display> OrDie<T> for Result<T, E> {
-    fn or_die(self, what: &str) -> T {
-        self.unwrap_or_else(|e| panic!("{what}: {e}"))
-    }
+    common::phases_main("revocation", child, bench);
 }
 
 // ------------------------------------------------------------ parent
@@ -182,44 +157,6 @@ fn crl_sizes() -> Vec<usize> {
     }
 }
 
-/// `kmsctl quickstart TMP/appliance` with the publication port on `port`.
-fn quickstart(tmp: &Path, port: u16) -> PathBuf {
-    let dir = tmp.join("appliance");
-    eprintln!("quickstart {} …", dir.display());
-    let out = softhsm_tests::quickstart(&dir, port);
-    assert!(
-        out.status.success(),
-        "kmsctl quickstart: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
-/// Run `phase` on `dir` in a child process of this binary; its results.
-fn run_child(phase: &str, dir: &Path) -> Value {
-    let exe = std::env::current_exe().expect("current exe");
-    let out = Command::new(exe)
-        .args([PHASE_ARG, phase])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .or_die("start the child phase");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        eprintln!(
-            "phase {phase} failed ({}); its stdout:\n{stdout}",
-            out.status
-        );
-        std::process::exit(1);
-    }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(RESULT))
-        .unwrap_or_else(|| panic!("phase {phase} printed no result:\n{stdout}"));
-    serde_json::from_str(line).or_die("the child's result")
-}
-
 fn print_header(sizes: &[usize], ocsp_secs: f64) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -266,19 +203,14 @@ fn print_header(sizes: &[usize], ocsp_secs: f64) {
 
 // ------------------------------------------------------------- child
 
-fn child(phase: &str, dir: &Path) {
+fn child(phase: &str, dir: &Path) -> Value {
     // Before the module is loaded and before any thread exists.
-    let cfg = Config::load(&dir.join("kmsd.toml")).or_die("load kmsd.toml");
-    cfg.token.apply_module_env();
-    let pin = kms::pin::load_pin(&cfg.token).or_die("load the PIN");
-    let token = Arc::new(Token::open(&cfg.token, pin).or_die("open the token"));
-    let app = Appliance::open(cfg, token).or_die("open the appliance");
-    let result = match phase {
+    let (app, _) = open_appliance(dir);
+    match phase {
         "crl" => crl_phase(&app, dir),
         "revoke" => revoke_phase(&app, dir),
         other => panic!("unknown phase {other:?}"),
-    };
-    println!("{RESULT}{result}");
+    }
 }
 
 /// Step 1: CRLs of every size, and the raw token signature.

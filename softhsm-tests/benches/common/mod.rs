@@ -227,3 +227,94 @@ pub fn device(index: usize) -> Device {
         csr_pem,
     }
 }
+
+// ------------------------------------------------------------ phases
+
+/// Argument that makes a bench binary run one phase as a child process
+/// (SoftHSM2 reads its configuration once per process, so each quickstart
+/// appliance gets a process of its own).
+pub const PHASE_ARG: &str = "--bench-phase";
+/// Prefix of a child's one line of results on stdout.
+pub const RESULT: &str = "RESULT ";
+
+/// `Result` with a message naming what failed.
+pub trait OrDie<T> {
+    /// The value, or a panic naming `what`.
+    fn or_die(self, what: &str) -> T;
+}
+
+impl<T, E: std::fmt::Display> OrDie<T> for Result<T, E> {
+    fn or_die(self, what: &str) -> T {
+        self.unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+}
+
+/// A bench's `main`: a child phase when asked for one, else the bench.
+pub fn phases_main(
+    name: &str,
+    child: impl FnOnce(&str, &Path) -> serde_json::Value,
+    bench: impl FnOnce() -> bool,
+) {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == PHASE_ARG) {
+        let (Some(phase), Some(dir)) = (args.get(i + 1), args.get(i + 2)) else {
+            panic!("{PHASE_ARG} PHASE DIR");
+        };
+        let result = child(phase, Path::new(dir));
+        println!("{RESULT}{result}");
+        return;
+    }
+    bench_main(name, &args, bench);
+}
+
+/// `kmsctl quickstart` into `tmp/appliance` with its publication port.
+pub fn quickstart(tmp: &Path, port: u16) -> std::path::PathBuf {
+    let dir = tmp.join("appliance");
+    eprintln!("quickstart {} …", dir.display());
+    let out = softhsm_tests::quickstart(&dir, port);
+    assert!(
+        out.status.success(),
+        "kmsctl quickstart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Run `phase` on `dir` in a child process of this binary; its results.
+pub fn run_child(phase: &str, dir: &Path) -> serde_json::Value {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = Command::new(exe)
+        .args([PHASE_ARG, phase])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .or_die("start the child phase");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        eprintln!(
+            "phase {phase} failed ({}); its stdout:\n{stdout}",
+            out.status
+        );
+        std::process::exit(1);
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(RESULT))
+        .unwrap_or_else(|| panic!("phase {phase} printed no result:\n{stdout}"));
+    serde_json::from_str(line).or_die("the child's result")
+}
+
+/// The appliance in `dir` opened in this (child) process: the module's
+/// environment set before anything else touches it.
+pub fn open_appliance(
+    dir: &Path,
+) -> (kms::appliance::Appliance, std::sync::Arc<kms::token::Token>) {
+    let cfg = kms::config::Config::load(&dir.join("kmsd.toml")).or_die("load kmsd.toml");
+    cfg.token.apply_module_env();
+    let pin = kms::pin::load_pin(&cfg.token).or_die("load the PIN");
+    let token =
+        std::sync::Arc::new(kms::token::Token::open(&cfg.token, pin).or_die("open the token"));
+    let app = kms::appliance::Appliance::open(cfg, token.clone()).or_die("open the appliance");
+    (app, token)
+}
