@@ -271,11 +271,19 @@ impl Appliance {
             let kind = kind_of(&req.kind)
                 .ok_or(Error::Unreachable("approval request of an unknown kind"))?;
             let prior: Vec<String> = req.approvals.iter().map(|a| a.by.clone()).collect();
-            let quorum = self
-                .policy
-                .current()
+            let policy = self.policy.current();
+            let mut quorum = policy
                 .approve(kind, &req.requested_by, &prior, &caller.actor())
                 .map_err(Error::Denied)?;
+            // Earlier approvals count only while their approvers still hold
+            // the role (a policy reloaded meanwhile may have taken it away).
+            let lapsed = prior
+                .iter()
+                .filter(|p| !policy.roles(p).contains(&kind.approver_role()))
+                .count();
+            quorum.have = quorum
+                .have
+                .saturating_sub(u32::try_from(lapsed).unwrap_or(u32::MAX));
             Ok((req, stored, kind, quorum))
         })();
         let (mut req, stored, kind, quorum) = match checked {

@@ -726,3 +726,61 @@ fn mcuboot_imgtool_takes_the_appliance_signature_of_its_digest() {
         stderr(&o)
     );
 }
+
+#[test]
+fn an_approval_stops_counting_when_its_approver_loses_the_role() {
+    let a = with_signers();
+    ok(a.kmsctl(&["officer", "add", "signer-04", "--roles", "firmware-signer"]));
+    ok(a.kmsctl(&["firmware", "key", "create", "--product", "vbus-lab"]));
+    let img = image(a.tmp.path(), "lab.bin", 1000, 4);
+    let req = json(&ok(remote(
+        &a,
+        "officer",
+        &[
+            "--json",
+            "firmware",
+            "sign",
+            "--product",
+            "vbus-lab",
+            "--version",
+            "1",
+            "--security-version",
+            "1",
+            img.to_str().unwrap(),
+        ],
+    )));
+    let (id, hash) = (req["id"].as_str().unwrap(), req["hash"].as_str().unwrap());
+    ok(remote(
+        &a,
+        "officers/signer-02",
+        &["firmware", "approve", id, "--hash", hash],
+    ));
+    // signer-02 is no firmware signer any more.
+    let policy = a.dir.join("policy.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    let edited = text
+        .replace(
+            r#""signer-02" = ["firmware-signer"]"#,
+            r#""signer-02" = ["officer"]"#,
+        )
+        .replace(
+            r#"signer-02 = ["firmware-signer"]"#,
+            r#"signer-02 = ["officer"]"#,
+        );
+    assert_ne!(edited, text, "{text}");
+    std::fs::write(&policy, edited).unwrap();
+    ok(a.kmsctl(&["policy", "reload"]));
+    // Its approval no longer counts: one more is needed.
+    let second = json(&ok(remote(
+        &a,
+        "officers/signer-03",
+        &["--json", "firmware", "approve", id, "--hash", hash],
+    )));
+    assert_eq!(second["state"], "pending", "{second}");
+    let third = json(&ok(remote(
+        &a,
+        "officers/signer-04",
+        &["--json", "firmware", "approve", id, "--hash", hash],
+    )));
+    assert_eq!(third["state"], "done", "{third}");
+}
