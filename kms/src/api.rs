@@ -534,11 +534,11 @@ async fn recovery_request(
 async fn recovery(
     State(api): State<Api>,
     Extension(identity): Extension<Identity>,
-    Path((_serial, id)): Path<(String, String)>,
+    Path((serial, id)): Path<(String, String)>,
 ) -> Response {
     let who = caller(&identity);
     let app = api.app.clone();
-    match blocking(move || app.approval(&who, &id)).await {
+    match blocking(move || app.recovery(&who, &serial, &id)).await {
         Ok(r) => Json(r.view()).into_response(),
         Err(r) => r,
     }
@@ -548,7 +548,7 @@ async fn recovery(
 async fn recovery_approve(
     State(api): State<Api>,
     Extension(identity): Extension<Identity>,
-    Path((_serial, id)): Path<(String, String)>,
+    Path((serial, id)): Path<(String, String)>,
     body: Body,
 ) -> Response {
     let what = ("approval", crate::approvals::APPROVE_OP, id.clone());
@@ -557,7 +557,7 @@ async fn recovery_approve(
         &identity,
         body,
         what,
-        move |app, who, b: ApproveBody| app.approve(who, &id, &b.hash),
+        move |app, who, b: ApproveBody| app.approve_recovery(who, &serial, &id, &b.hash),
     )
     .await;
     match outcome {

@@ -215,6 +215,41 @@ impl Appliance {
         }
     }
 
+    /// A request addressed as an escrow recovery of `serial`
+    /// (`/v1/escrow/{serial}/recoveries/{id}`): any other request under that
+    /// path is "not found", so a URL never reaches another kind or device.
+    fn in_recoveries_of(&self, serial: &str, id: &str) -> Result<()> {
+        let (req, _) = self.load_request(id)?;
+        if req.kind != ApprovalKind::EscrowRecovery.as_str()
+            || req.payload["module_serial"].as_str() != Some(serial)
+        {
+            return Err(Error::ApprovalNotFound(id.chars().take(64).collect()));
+        }
+        Ok(())
+    }
+
+    /// [`Appliance::approval`] through the recoveries of `serial`.
+    pub fn recovery(&self, caller: &Caller, serial: &str, id: &str) -> Result<ApprovalRequest> {
+        match self.in_recoveries_of(serial, id) {
+            Ok(()) => self.approval(caller, id),
+            Err(e) => self.refuse(caller, "approval.read", id, e),
+        }
+    }
+
+    /// [`Appliance::approve`] through the recoveries of `serial`.
+    pub fn approve_recovery(
+        &self,
+        caller: &Caller,
+        serial: &str,
+        id: &str,
+        hash: &str,
+    ) -> Result<ApprovalRequest> {
+        match self.in_recoveries_of(serial, id) {
+            Ok(()) => self.approve(caller, id, hash),
+            Err(e) => self.refuse(caller, APPROVE_OP, id, e),
+        }
+    }
+
     /// Pending requests of the kinds `caller` may ask for or approve
     /// (firmware signing: firmware signers; escrow recovery: officers).
     pub fn pending_approvals(&self, caller: &Caller) -> Result<Vec<ApprovalRequest>> {

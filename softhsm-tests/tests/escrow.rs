@@ -537,6 +537,36 @@ fn an_expired_recovery_request_takes_no_approval_and_recovers_nothing() {
     let req = json(&ok(
         a.kmsctl_as("officer", &[&["--json"][..], &args[..]].concat())
     ));
+    // The same request through the REST paths of DESIGN.md: found under its
+    // device, "not found" under another one.
+    let id = req["id"].as_str().unwrap();
+    let (status, body) = a.curl(
+        Some("officer"),
+        &format!("/v1/escrow/{serial}/recoveries/{id}"),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["hash"], req["hash"]);
+    let other = "VBUS-CPU-2412-000971";
+    let (status, body) = a.curl(
+        Some("officer"),
+        &format!("/v1/escrow/{other}/recoveries/{id}"),
+        &[],
+    );
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (404, "approval_not_found".into())
+    );
+    let approval = format!(r#"{{"hash":{}}}"#, req["hash"]);
+    let (status, body) = a.curl(
+        Some("officers/officer-02"),
+        &format!("/v1/escrow/{other}/recoveries/{id}/approvals"),
+        &["--data-binary", &approval],
+    );
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (404, "approval_not_found".into())
+    );
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let before = records(&a);
     let out = a.kmsctl_as(
