@@ -270,7 +270,7 @@ impl Appliance {
             );
         }
         let mut out = Vec::new();
-        for (_, v) in self.store.scan(Tree::Approvals, &[], usize::MAX)? {
+        for (_, v) in crate::storage::scan_prefix(self.store.as_ref(), Tree::Approvals, b"")? {
             let r: ApprovalRequest = serde_json::from_slice(&v)
                 .map_err(|e| Error::Store(store::Error::Corrupt(format!("approval: {e}"))))?;
             if r.state == State::Pending && r.expires_at > now() && may(&r.kind) {

@@ -383,26 +383,13 @@ pub fn write_dir(cred: &ClientCredential, dir: &Path) -> Result<()> {
 
 /// Every client certificate in the registry.
 pub fn list(store: &dyn Store) -> Result<Vec<ClientRecord>> {
-    const PAGE: usize = 1000;
-    let mut out = Vec::new();
-    let mut from = Vec::new();
-    loop {
-        let page = store.scan(Tree::Clients, &from, PAGE)?;
-        for (_, v) in &page {
-            out.push(
-                serde_json::from_slice(v).map_err(|e| {
-                    Error::Store(store::Error::Corrupt(format!("client record: {e}")))
-                })?,
-            );
-        }
-        match page.last() {
-            Some((k, _)) if page.len() == PAGE => {
-                from = k.clone();
-                from.push(0); // the next key after k
-            }
-            _ => return Ok(out),
-        }
-    }
+    crate::storage::scan_prefix(store, Tree::Clients, b"")?
+        .iter()
+        .map(|(_, v)| {
+            serde_json::from_slice(v)
+                .map_err(|e| Error::Store(store::Error::Corrupt(format!("client record: {e}"))))
+        })
+        .collect()
 }
 
 /// The names the server certificate must carry: `server.names` as DNS

@@ -261,10 +261,7 @@ impl Appliance {
     pub fn firmware_keys(&self, product: Option<&str>) -> Result<Vec<FirmwareKey>> {
         let prefix = product.map_or_else(|| b"key/".to_vec(), key_prefix);
         let mut keys = Vec::new();
-        for (k, v) in self.store.scan(Tree::Firmware, &prefix, usize::MAX)? {
-            if !k.starts_with(&prefix) {
-                break;
-            }
+        for (_, v) in crate::storage::scan_prefix(self.store.as_ref(), Tree::Firmware, &prefix)? {
             keys.push(
                 serde_json::from_slice::<FirmwareKey>(&v).map_err(|e| {
                     Error::Store(store::Error::Corrupt(format!("firmware key: {e}")))

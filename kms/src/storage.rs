@@ -196,3 +196,31 @@ impl Store for SledStore {
         Ok(self.tree(tree)?.len())
     }
 }
+
+/// Every entry of `tree` whose key starts with `prefix` (all of them for an
+/// empty prefix), read in pages of 1,000 and stopping where the prefix ends,
+/// rather than loading the rest of the tree.
+pub fn scan_prefix(
+    store: &dyn Store,
+    tree: Tree,
+    prefix: &[u8],
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    const PAGE: usize = 1000;
+    let mut out = Vec::new();
+    let mut from = prefix.to_vec();
+    loop {
+        let page = store.scan(tree, &from, PAGE)?;
+        let full = page.len() == PAGE;
+        for (k, v) in page {
+            if !k.starts_with(prefix) {
+                return Ok(out);
+            }
+            from = k.clone();
+            from.push(0); // the next key after k
+            out.push((k, v));
+        }
+        if !full {
+            return Ok(out);
+        }
+    }
+}

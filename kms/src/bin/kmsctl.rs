@@ -988,20 +988,6 @@ fn client_command(
 }
 
 fn firmware_command(cli: &Cli, command: &FirmwareCommand) -> anyhow::Result<()> {
-    let print_request = |v: &serde_json::Value| {
-        println!(
-            "request {} ({}) by {}: {} of {} approvals, {}, expires {}\n  hash {}\n  {}",
-            v["id"].as_str().unwrap_or("?"),
-            v["kind"].as_str().unwrap_or("?"),
-            v["requested_by"].as_str().unwrap_or("?"),
-            v["approvals"]["have"],
-            v["approvals"]["need"],
-            v["state"].as_str().unwrap_or("?"),
-            v["expires_at"].as_str().unwrap_or("?"),
-            v["hash"].as_str().unwrap_or("?"),
-            v["payload"]
-        );
-    };
     let write_manifest = |v: &serde_json::Value, out: &Path| -> anyhow::Result<()> {
         use base64::Engine as _;
         let Some(b64) = v["result"]["manifest"].as_str() else {
@@ -1185,6 +1171,22 @@ fn firmware_command(cli: &Cli, command: &FirmwareCommand) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// An M-of-N approval request (firmware signing, escrow recovery), as text.
+fn print_request(v: &serde_json::Value) {
+    println!(
+        "request {} ({}) by {}: {} of {} approvals, {}, expires {}\n  hash {}\n  {}",
+        v["id"].as_str().unwrap_or("?"),
+        v["kind"].as_str().unwrap_or("?"),
+        v["requested_by"].as_str().unwrap_or("?"),
+        v["approvals"]["have"],
+        v["approvals"]["need"],
+        v["state"].as_str().unwrap_or("?"),
+        v["expires_at"].as_str().unwrap_or("?"),
+        v["hash"].as_str().unwrap_or("?"),
+        v["payload"]
+    );
+}
+
 /// The sealed secret of a done recovery request: the file holds one JSON
 /// object (`context`, `sealed` base64, fingerprints), which `decrypt` reads.
 fn write_sealed(v: &serde_json::Value, out: &Path) -> anyhow::Result<()> {
@@ -1209,18 +1211,7 @@ fn escrow_command(cli: &Cli, command: &EscrowCommand) -> anyhow::Result<()> {
         if cli.json {
             println!("{v}");
         } else {
-            println!(
-                "request {} ({}) by {}: {} of {} approvals, {}, expires {}\n  hash {}\n  {}",
-                v["id"].as_str().unwrap_or("?"),
-                v["kind"].as_str().unwrap_or("?"),
-                v["requested_by"].as_str().unwrap_or("?"),
-                v["approvals"]["have"],
-                v["approvals"]["need"],
-                v["state"].as_str().unwrap_or("?"),
-                v["expires_at"].as_str().unwrap_or("?"),
-                v["hash"].as_str().unwrap_or("?"),
-                v["payload"]
-            );
+            print_request(v);
         }
     };
     match command {
