@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::note::{Checkpoint, Verifier};
-use crate::record::{chain, Entry, Record, GENESIS};
+use crate::record::{chain, Entry, RecordTail, GENESIS};
 use crate::{CheckpointAnchor, CheckpointSigner};
 
 /// The record segment's file name.
@@ -360,21 +360,28 @@ impl Log {
     /// Append `entry`; returns once it is on disk (fsync), batched with
     /// whatever other threads append at the same time.
     pub fn append(&self, entry: Entry) -> Result<Appended> {
+        // Everything but the sequence number is encoded before the lock:
+        // under it, only the splice, the hash and the copy.
+        let tail = RecordTail {
+            time_ms: now_ms(),
+            actor: &entry.actor,
+            op: &entry.op,
+            subject: &entry.subject,
+            result: &entry.result,
+            details: &entry.details,
+        }
+        .encode()
+        .map_err(|e| Error::Encoding(e.to_string()))?;
+        // Room for the largest sequence number's digits.
+        if tail.len() + 30 > MAX_BODY as usize {
+            return Err(Error::Encoding("record too large".into()));
+        }
         let mut st = self.lock();
         if let Some(why) = &st.failed {
             return Err(Error::Unavailable(why.clone()));
         }
         let seq = st.next_seq;
-        let record = Record {
-            seq,
-            time_ms: now_ms(),
-            actor: entry.actor,
-            op: entry.op,
-            subject: entry.subject,
-            result: entry.result,
-            details: entry.details,
-        };
-        let body = serde_json::to_vec(&record).map_err(|e| Error::Encoding(e.to_string()))?;
+        let body = RecordTail::body(seq, &tail);
         let len = u32::try_from(body.len())
             .ok()
             .filter(|l| *l <= MAX_BODY)
@@ -396,12 +403,16 @@ impl Log {
             }
             if !st.writing && !st.pending.is_empty() {
                 // Lead this batch: everything pending goes in one write +
-                // fsync. Yield once first so appenders that were just woken
-                // by the previous batch can join this one.
+                // fsync. Alone in it (the log was idle), yield once so
+                // appenders just woken by the previous batch can join;
+                // with records already waiting, write at once and let the
+                // woken ones gather for the next batch meanwhile.
                 st.writing = true;
-                drop(st);
-                std::thread::yield_now();
-                st = self.lock();
+                if st.durable.0 + 1 == seq && st.pending_head.0 == seq {
+                    drop(st);
+                    std::thread::yield_now();
+                    st = self.lock();
+                }
                 let batch = std::mem::take(&mut st.pending);
                 let head = st.pending_head;
                 drop(st);

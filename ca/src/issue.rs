@@ -441,7 +441,10 @@ impl Ca {
                 value: record.module_serial.as_bytes().to_vec(),
             });
         }
-        Ok(self.store.commit(&writes)?)
+        // Journaled before this (or replayed from the journal by `restore`):
+        // the store may flush it later, start-up reconciliation re-applies
+        // whatever a crash took from it.
+        Ok(self.store.commit_journaled(&writes)?)
     }
 
     /// Another request changed the device between our read and our commit.

@@ -175,7 +175,10 @@ impl Appliance {
         audit: Arc<audit::Log>,
         policy: Arc<PolicyState>,
     ) -> Result<Self> {
-        let store = Arc::new(SledStore::open(&cfg.storage.path)?);
+        let store = Arc::new(SledStore::open_with(
+            &cfg.storage.path,
+            cfg.storage.flush_every_ms,
+        )?);
         let ca = ceremony::load_ca(&cfg, &token, store.clone())?;
         let since = crate::policy::now() - crate::policy::now().rem_euclid(86_400);
         let replay = auditing::reconcile(&cfg, &ca, store.as_ref(), since)?;

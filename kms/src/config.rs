@@ -186,12 +186,20 @@ pub struct StorageConfig {
     /// sled database directory.
     #[serde(default = "defaults::storage_path")]
     pub path: PathBuf,
+    /// How long an issuance's store commit may wait to be written out
+    /// (milliseconds). Issuances are durable in the audit log before they
+    /// are acknowledged; the store catches up within this interval or with
+    /// the next flushed commit, and start-up reconciliation re-applies
+    /// whatever a crash took.
+    #[serde(default = "defaults::flush_every_ms")]
+    pub flush_every_ms: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             path: defaults::storage_path(),
+            flush_every_ms: defaults::flush_every_ms(),
         }
     }
 }
@@ -309,6 +317,10 @@ mod defaults {
     pub fn hw_type_oid() -> String {
         ca::DEFAULT_HW_TYPE.into()
     }
+    pub fn flush_every_ms() -> u64 {
+        crate::storage::FLUSH_EVERY_MS
+    }
+
     pub fn storage_path() -> PathBuf {
         "data".into()
     }

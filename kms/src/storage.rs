@@ -1,9 +1,12 @@
 //! The appliance's [`store::Store`] on sled 0.34.
 //!
-//! One sled tree per [`Tree`]. A commit is one sled transaction over every
-//! tree (all writes or none) followed by a flush, so `Ok` means durable.
-//! Flushes are group-committed: a commit waits for one flush that started
-//! after it, and concurrent commits share it instead of each fsyncing.
+//! One sled tree per [`Tree`]. A commit is one sled transaction over the
+//! trees it writes (all writes or none) followed by a flush, so `Ok` means
+//! durable. Flushes are group-committed: a commit waits for one flush that
+//! started after it, and concurrent commits share it instead of each
+//! fsyncing. A journaled commit (issuance, already durable in the audit
+//! log) skips the flush: sled writes it out within [`FLUSH_EVERY_MS`] or
+//! with the next flushed commit, and the store is flushed when dropped.
 //! One process at a time may open the database (sled takes a file lock).
 
 use std::path::{Path, PathBuf};
@@ -12,6 +15,16 @@ use std::sync::{Condvar, Mutex};
 use sled::transaction::{abort, TransactionError};
 use sled::Transactional as _;
 use store::{Conflict, Error, Result, Store, Tree, Write};
+
+/// How often sled writes out commits that did not ask for a flush
+/// ([`Store::commit_journaled`]) unless `storage.flush_every_ms` says
+/// otherwise; sled's own default.
+pub const FLUSH_EVERY_MS: u64 = 500;
+
+/// sled's page cache. Its default (1 GiB) let `kmsd`'s memory grow with
+/// the store (106 MiB after 44,000 issuances); the kernel's page cache
+/// still holds what sled evicts.
+pub const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// sled-backed store.
 pub struct SledStore {
@@ -88,9 +101,17 @@ fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
 impl SledStore {
     /// Open (or create) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, FLUSH_EVERY_MS)
+    }
+
+    /// [`SledStore::open`] writing journaled commits out every
+    /// `flush_every_ms` (at least 1).
+    pub fn open_with(path: &Path, flush_every_ms: u64) -> Result<Self> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(flush_every_ms.max(1)))
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
@@ -132,6 +153,64 @@ impl SledStore {
     fn index(t: Tree) -> usize {
         Tree::ALL.iter().position(|x| *x == t).unwrap_or(0)
     }
+
+    /// One sled transaction over the trees `writes` touch (only those: a
+    /// transaction locks every tree it spans), not yet flushed.
+    fn apply(&self, writes: &[Write]) -> Result<std::result::Result<(), Conflict>> {
+        if writes.is_empty() {
+            // Nothing to write (sled cannot run a transaction over no tree).
+            return Ok(Ok(()));
+        }
+        let mut touched: Vec<usize> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Insert { tree, .. } | Write::Replace { tree, .. } => Self::index(*tree),
+            })
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let trees: Vec<&sled::Tree> = touched.iter().filter_map(|&i| self.trees.get(i)).collect();
+        let view_of = |tree: Tree| touched.binary_search(&Self::index(tree)).unwrap_or(0);
+        let outcome = trees[..].transaction(|views| {
+            for w in writes {
+                let (tree, key, expected, value) = match w {
+                    Write::Insert { tree, key, value } => (*tree, key, None, value),
+                    Write::Replace {
+                        tree,
+                        key,
+                        expected,
+                        value,
+                    } => (*tree, key, expected.as_deref(), value),
+                };
+                let view = &views[view_of(tree)];
+                let current = view.get(key)?;
+                if current.as_deref() != expected {
+                    return abort(Conflict {
+                        tree,
+                        key: key.clone(),
+                        current: current.map(|v| v.to_vec()),
+                    });
+                }
+                view.insert(key.as_slice(), value.as_slice())?;
+            }
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => Ok(Ok(())),
+            Err(TransactionError::Abort(conflict)) => Ok(Err(conflict)),
+            Err(TransactionError::Storage(e)) => Err(unavailable(&self.path, e)),
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Journaled commits not yet written out: make them durable now, so
+        // a clean stop leaves nothing for start-up reconciliation.
+        if let Err(e) = self.db.flush() {
+            tracing::error!(path = %self.path.display(), error = %e, "final store flush failed");
+        }
+    }
 }
 
 impl Store for SledStore {
@@ -155,41 +234,19 @@ impl Store for SledStore {
     }
 
     fn commit(&self, writes: &[Write]) -> Result<std::result::Result<(), Conflict>> {
-        let trees: Vec<&sled::Tree> = self.trees.iter().collect();
-        let outcome = trees[..].transaction(|views| {
-            for w in writes {
-                let (tree, key, expected, value) = match w {
-                    Write::Insert { tree, key, value } => (*tree, key, None, value),
-                    Write::Replace {
-                        tree,
-                        key,
-                        expected,
-                        value,
-                    } => (*tree, key, expected.as_deref(), value),
-                };
-                let view = &views[Self::index(tree)];
-                let current = view.get(key)?;
-                if current.as_deref() != expected {
-                    return abort(Conflict {
-                        tree,
-                        key: key.clone(),
-                        current: current.map(|v| v.to_vec()),
-                    });
-                }
-                view.insert(key.as_slice(), value.as_slice())?;
-            }
-            Ok(())
-        });
-        match outcome {
-            Ok(()) => {
-                self.flush
-                    .flush(&self.db)
-                    .map_err(|e| unavailable(&self.path, e))?;
-                Ok(Ok(()))
-            }
-            Err(TransactionError::Abort(conflict)) => Ok(Err(conflict)),
-            Err(TransactionError::Storage(e)) => Err(unavailable(&self.path, e)),
+        let applied = self.apply(writes)?;
+        if applied.is_ok() {
+            self.flush
+                .flush(&self.db)
+                .map_err(|e| unavailable(&self.path, e))?;
         }
+        Ok(applied)
+    }
+
+    fn commit_journaled(&self, writes: &[Write]) -> Result<std::result::Result<(), Conflict>> {
+        // sled writes it out within `FLUSH_EVERY_MS`, or with the next
+        // flushed commit, whichever comes first.
+        self.apply(writes)
     }
 
     fn len(&self, tree: Tree) -> Result<usize> {
@@ -222,5 +279,74 @@ pub fn scan_prefix(
         if !full {
             return Ok(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(tree: Tree, key: &str, value: &str) -> Write {
+        Write::Insert {
+            tree,
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn an_empty_commit_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SledStore::open(&dir.path().join("db")).expect("open");
+        assert_eq!(s.commit(&[]).expect("commit"), Ok(()));
+        assert_eq!(s.commit_journaled(&[]).expect("commit"), Ok(()));
+        for t in Tree::ALL {
+            assert_eq!(s.len(t).expect("len"), 0);
+        }
+    }
+
+    #[test]
+    fn a_commit_over_some_trees_applies_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SledStore::open(&dir.path().join("db")).expect("open");
+        let first = [
+            insert(Tree::Certificates, "01", "a"),
+            insert(Tree::Devices, "d", "x"),
+        ];
+        assert_eq!(s.commit_journaled(&first).expect("commit"), Ok(()));
+        // The second write conflicts: the first of this batch must not land.
+        let second = [
+            insert(Tree::PublicKeys, "k", "d"),
+            insert(Tree::Certificates, "01", "b"),
+        ];
+        let conflict = s.commit(&second).expect("commit").expect_err("conflict");
+        assert_eq!(
+            (conflict.tree, conflict.key, conflict.current),
+            (Tree::Certificates, b"01".to_vec(), Some(b"a".to_vec()))
+        );
+        assert_eq!(s.get(Tree::PublicKeys, b"k").expect("get"), None);
+        assert_eq!(s.len(Tree::PublicKeys).expect("len"), 0);
+    }
+
+    #[test]
+    fn a_journaled_commit_is_visible_at_once_and_durable_after_a_clean_close() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        {
+            let s = SledStore::open(&path).expect("open");
+            let w = [insert(Tree::Certificates, "02", "c")];
+            assert_eq!(s.commit_journaled(&w).expect("commit"), Ok(()));
+            assert_eq!(
+                s.get(Tree::Certificates, b"02").expect("get"),
+                Some(b"c".to_vec())
+            );
+            // No flushed commit since: the group flush never ran.
+            assert_eq!(s.stats(), (0, 0));
+        }
+        let s = SledStore::open(&path).expect("reopen");
+        assert_eq!(
+            s.get(Tree::Certificates, b"02").expect("get"),
+            Some(b"c".to_vec())
+        );
     }
 }

@@ -1,46 +1,48 @@
-//! Load on the running appliance: device certificates per second through
-//! the built `kmsd` binary and its mTLS API, at several concurrencies, read
-//! against the raw ECDSA rate of the same SoftHSM2 token in the same run.
+//! Issuance load on the running appliance beside its references, every
+//! figure measured in one run on one machine:
 //!
 //! ```text
 //! cargo build --release --bins
 //! cargo bench -p softhsm-tests --bench service
-//! KMS_BENCH_SECONDS=3 cargo bench -p softhsm-tests --bench service   # short
+//! KMS_BENCH_SECONDS=3 KMS_BENCH_BATCH=10000 cargo bench -p softhsm-tests --bench service   # short
 //! ```
 //!
-//! - `KMS_BENCH_SECONDS`: length of each issuance phase (default 10).
+//! - `KMS_BENCH_SECONDS`: length of each load phase (default 10).
 //! - `KMS_BENCH_TOKEN_SECONDS`: length of each raw token phase (default 3).
+//! - `KMS_BENCH_BATCH`: devices for the `station batch` row (default 100,000).
+//! - `KMS_BENCH_ROWS`: a file the summary rows are appended to (`bench/run`).
 //!
-//! What runs, in order, against one `kmsctl quickstart` appliance with
-//! `token.pool_size = 8`:
-//! 1. the raw token rate: this process opens the token `kmsd` is using and
-//!    loops `C_Sign` (`CKM_ECDSA`, 32-byte digest) with the intermediate CA
-//!    key, on 1 session, then on 2 sessions in 2 threads;
-//! 2. a warm-up of 200 issuances (not reported);
-//! 3. issuance at C = 1, 8, 32 threads sharing one keep-alive
-//!    [`station::Client`] (one pool of connections, one per busy thread),
-//!    a new client per phase so that no idle connection of an earlier
-//!    phase stays open (each thread's first request makes its connection);
-//! 4. issuance at C = 8 with a new `Client`, so a new TCP connection and TLS
-//!    handshake, per request (the client's construction is inside the
-//!    latency).
+//! Against one `kmsctl quickstart` appliance with `token.pool_size = 8`:
+//! 1. the raw token rate: `C_Sign` (`CKM_ECDSA`) with the intermediate CA
+//!    key on 1 session, then on 2 sessions in 2 threads;
+//! 2. `cfssl serve` (Debian's golang-cfssl: a P-256 CA key in a file, no
+//!    storage, no audit) behind mutual TLS that trusts the same station
+//!    certificate, driven by the same load generator at concurrency 8;
+//! 3. `POST /v1/devices/{serial}/certificate` at concurrency 1, 8 and 32
+//!    over keep-alive connections, and at 8 with a new TCP connection and
+//!    full TLS handshake per request;
+//! 4. the raw handshake rate of `openssl s_server` / `s_time -new` with a
+//!    P-256 server certificate and the same station client certificate;
+//! 5. EST `simpleenroll` at concurrency 8, keep-alive;
+//! 6. `KMS_BENCH_BATCH` devices through the `station batch` binary (CSV of
+//!    CSR files, 8 concurrent requests, certificates and journal written
+//!    to disk), and `kmsd`'s memory afterwards.
 //!
-//! Every request is a distinct device (serial, UUID, key), its CSR made
-//! before the clock starts. A phase stops at its deadline, or earlier if its
-//! pre-made CSRs run out (said in the output). Every answer must be a new
-//! certificate with a serial number not seen before; the client library also
-//! checks that it certifies the CSR's key. Failures are printed and make the
-//! bench exit non-zero, as does `kmsd` not stopping cleanly on SIGTERM.
-//! Nothing about time is asserted: the figures are printed as measured.
+//! The load generator (`common/load.rs`) sends pre-built requests and
+//! keeps the answers as bytes; after each phase, off the clock, every
+//! answer is judged: a new certificate, a serial number not seen before,
+//! the CSR's public key, and a signature that verifies under the issuing
+//! CA's key (ring). Failures make the bench exit non-zero, as does `kmsd`
+//! not stopping cleanly. Nothing about time is asserted: the figures are
+//! printed as measured.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashSet;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::process::{Child, Command, Stdio};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -49,10 +51,15 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
+use der::{Decode as _, Encode as _};
 use softhsm_tests::Running;
 
 mod common;
-use common::{command_line, env_secs, memory, mib, require_release_bins, thousands};
+use common::load::{self, Connections, Outcome, Target};
+use common::{
+    command_line, emit_table, env_secs, make_device_range, memory, mib, require_release_bins,
+    thousands, Device,
+};
 
 const STATION: &str = "stations/station-01";
 /// The token label and intermediate key label `kmsctl quickstart` uses.
@@ -61,12 +68,12 @@ const INTERMEDIATE_KEY: &str = "mfg-intermediate";
 /// `token.pool_size` for this run (quickstart writes 4).
 const POOL_SIZE: usize = 8;
 /// Issuances before the measured phases; their rate sizes the CSR pools.
-const WARMUP: usize = 200;
+const WARMUP: usize = 300;
 /// CSRs made per phase: this many times the best rate seen so far times
 /// the phase length.
-const POOL_MARGIN: f64 = 2.0;
-/// Failures printed per phase (all are counted).
-const SHOW_FAILURES: usize = 10;
+const POOL_MARGIN: f64 = 1.5;
+/// Concurrent `openssl s_time` clients for the raw handshake rate.
+const S_TIME_CLIENTS: usize = 2;
 /// Module serials have six digits.
 const MAX_DEVICES: usize = 999_999;
 
@@ -75,11 +82,89 @@ fn main() {
     common::bench_main("service", &args, bench);
 }
 
+/// One load phase, judged.
+struct Phase {
+    name: String,
+    out: Outcome,
+    /// Answers that were not what they should be (judged after the phase).
+    bad: usize,
+    /// kmsd VmRSS / VmHWM (kB) right after the phase; none for cfssl.
+    memory: Option<(u64, u64)>,
+}
+
+impl Phase {
+    fn print(&self) {
+        println!(
+            "{}: {} ok, {} failed, {} bad answers in {:.1} s = {}/s; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms{}{}",
+            self.name,
+            self.out.ok,
+            self.out.failed,
+            self.bad,
+            self.out.elapsed.as_secs_f64(),
+            thousands(self.out.rate()),
+            self.out.percentile(50.0),
+            self.out.percentile(99.0),
+            self.out.percentile(99.9),
+            self.memory.map_or_else(String::new, |(rss, hwm)| format!(
+                "; kmsd VmRSS {:.0} MiB, VmHWM {:.0} MiB",
+                mib(rss as f64),
+                mib(hwm as f64)
+            )),
+            if self.out.ran_out { " (requests ran out)" } else { "" }
+        );
+        for f in &self.out.failures {
+            eprintln!("  {}: FAILED {f}", self.name);
+        }
+    }
+
+    fn errors(&self) -> usize {
+        self.out.failed + self.bad
+    }
+
+    fn detail(&self) -> String {
+        format!(
+            "{} in {:.1} s, {} failed; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms{}",
+            thousands(self.out.ok as f64),
+            self.out.elapsed.as_secs_f64(),
+            self.errors(),
+            self.out.percentile(50.0),
+            self.out.percentile(99.0),
+            self.out.percentile(99.9),
+            self.memory.map_or_else(String::new, |(rss, _)| format!(
+                "; kmsd VmRSS {:.0} MiB",
+                mib(rss as f64)
+            ))
+        )
+    }
+}
+
+/// Hands out device numbers, never twice.
+struct Devices {
+    next: usize,
+}
+
+impl Devices {
+    fn take(&mut self, n: usize) -> Vec<Device> {
+        let first = self.next;
+        self.next += n;
+        assert!(
+            self.next <= MAX_DEVICES,
+            "out of six-digit module serials: lower KMS_BENCH_SECONDS or KMS_BENCH_BATCH"
+        );
+        make_device_range(first, n)
+    }
+}
+
 /// The whole run; `true` when nothing failed.
 fn bench() -> bool {
     require_release_bins();
     let load_secs = env_secs("KMS_BENCH_SECONDS", 10.0);
     let token_secs = env_secs("KMS_BENCH_TOKEN_SECONDS", 3.0);
+    let batch_size = std::env::var("KMS_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100_000);
+    let length = Duration::from_secs_f64(load_secs);
 
     // The appliance: quickstart, a bigger session pool, kmsd started.
     // Child processes only: this process has no other thread yet.
@@ -100,117 +185,389 @@ fn bench() -> bool {
     for (k, v) in &module_env {
         std::env::set_var(k, v);
     }
-
     print_header(load_secs, token_secs, pid);
     let idle = memory(pid);
-    println!(
-        "kmsd idle: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
-        mib(idle.0 as f64),
-        mib(idle.1 as f64)
-    );
+    println!("kmsd idle: VmRSS {:.1} MiB", mib(idle.0 as f64));
 
     // 1. Raw token rate, same token, kmsd running (idle).
     let raw = raw_token_rate(&module, &dir, token_secs);
     println!(
-        "raw token C_Sign: 1 session {}/s ({} in {:.2} s), 2 sessions {}/s ({} in {:.2} s)",
+        "raw token C_Sign: 1 session {}/s, 2 sessions {}/s",
         thousands(raw.one.rate()),
-        raw.one.count,
-        raw.one.elapsed.as_secs_f64(),
-        thousands(raw.two.rate()),
-        raw.two.count,
-        raw.two.elapsed.as_secs_f64()
+        thousands(raw.two.rate())
     );
 
-    let cred = station::Credential::from_dir(&dir.join(STATION)).expect("station credential");
-    let base = format!("https://127.0.0.1:{}", running.api);
-    let check = Check::default();
-    let mut next_device = 1usize;
-    let mut take = |n: usize| {
-        let first = next_device;
-        next_device += n;
-        assert!(
-            next_device <= MAX_DEVICES + 1,
-            "out of six-digit module serials: lower KMS_BENCH_SECONDS"
-        );
-        make_devices(first, n)
-    };
+    let station_dir = dir.join(STATION);
+    let read = |name: &str| std::fs::read_to_string(station_dir.join(name)).unwrap();
+    let (ca_pem, cert_pem, key_pem) = (read("ca.pem"), read("cert.pem"), read("key.pem"));
+    let api: SocketAddr = format!("127.0.0.1:{}", running.api).parse().unwrap();
+    let ours = Target::new(api, &ca_pem, &cert_pem, &key_pem);
+    let mut devices = Devices { next: 0 };
+    let mut seen = HashSet::new();
 
-    // 2. Warm-up.
-    let warm = take(WARMUP);
-    let warm = run_phase(
+    // Warm-up, which also sizes the CSR pools.
+    let warm = issue_phase(
         "warm-up",
+        &ours,
+        &devices.take(WARMUP),
         8,
-        &warm,
-        None,
-        &Conn::Shared(&station::Client::new(&base, &cred).expect("client")),
-        &check,
-        running.publication,
+        length,
+        Connections::KeepAlive,
+        &mut seen,
         pid,
     );
-    println!(
-        "warm-up: {} ok, {} failed, {}/s at c=8 (not reported below)",
-        warm.ok,
-        warm.failed,
-        thousands(warm.rate())
-    );
-    let mut best_rate = warm.rate().max(1.0);
+    warm.print();
+    let mut best = warm.out.rate().max(100.0);
+    let size = |best: f64| ((best * load_secs * POOL_MARGIN).ceil() as usize).max(WARMUP);
 
-    // 3. and 4. The measured phases.
-    let phases: [(&str, usize, bool); 4] = [
-        ("issuance c=1, keep-alive", 1, false),
-        ("issuance c=8, keep-alive", 8, false),
-        ("issuance c=32, keep-alive", 32, false),
-        ("issuance c=8, new TLS connection per request", 8, true),
-    ];
-    let mut rows = Vec::new();
-    for (name, threads, fresh) in phases {
-        let n = ((best_rate * load_secs * POOL_MARGIN).ceil() as usize).max(WARMUP);
+    // 2. cfssl serve, same load generator, same client certificate.
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = References::make(tmp.path(), &station_dir.join("ca.pem"));
+    let cfssl = refs.cfssl(&cert_pem, &key_pem);
+    let cf = {
+        let devs = devices.take(size(best * 8.0));
+        let requests: Vec<Vec<u8>> = devs
+            .iter()
+            .map(|d| {
+                let body = serde_json::json!({ "certificate_request": d.csr_pem });
+                load::post(
+                    cfssl.addr,
+                    "/api/v1/cfssl/sign",
+                    "application/json",
+                    body.to_string().as_bytes(),
+                )
+            })
+            .collect();
+        println!(
+            "cfssl serve c=8: {} CSRs, running for {load_secs} s…",
+            requests.len()
+        );
+        let out = load::run(
+            &cfssl.target,
+            &requests,
+            8,
+            length,
+            Connections::KeepAlive,
+            200,
+        );
+        let bad = judge(
+            &out,
+            &devs,
+            &mut seen,
+            |body| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(body).map_err(|e| e.to_string())?;
+                if v["success"] != true {
+                    return Err(format!("not a success: {v}"));
+                }
+                Ok((
+                    None,
+                    v["result"]["certificate"].as_str().unwrap_or("").to_owned(),
+                    None,
+                ))
+            },
+            Some(&refs.cfssl_ca_spki),
+        );
+        Phase {
+            name: "cfssl serve, c=8, keep-alive".into(),
+            out,
+            bad,
+            memory: None,
+        }
+    };
+    cf.print();
+    drop(cfssl);
+
+    // 3. Ours.
+    let mut phases = Vec::new();
+    for (name, threads, conns) in [
+        ("issuance, c=1, keep-alive", 1, Connections::KeepAlive),
+        ("issuance, c=8, keep-alive", 8, Connections::KeepAlive),
+        ("issuance, c=32, keep-alive", 32, Connections::KeepAlive),
+        (
+            "issuance, c=8, new TLS connection per request",
+            8,
+            Connections::PerRequest,
+        ),
+    ] {
+        let n = size(best);
         let t = Instant::now();
-        let devices = take(n);
+        let devs = devices.take(n);
         println!(
             "{name}: {n} CSRs made in {:.1} s, running for {load_secs} s…",
             t.elapsed().as_secs_f64()
         );
-        // A client of its own per phase: dropped with its idle connections.
-        let shared = station::Client::new(&base, &cred).expect("client");
-        let conn = if fresh {
-            Conn::PerRequest {
-                base: &base,
-                cred: &cred,
-            }
-        } else {
-            Conn::Shared(&shared)
-        };
-        let row = run_phase(
-            name,
-            threads,
-            &devices,
-            Some(Duration::from_secs_f64(load_secs)),
-            &conn,
-            &check,
-            running.publication,
-            pid,
+        let phase = issue_phase(name, &ours, &devs, threads, length, conns, &mut seen, pid);
+        phase.print();
+        best = best.max(phase.out.rate());
+        phases.push(phase);
+    }
+
+    // 4. The raw handshake rate.
+    let handshakes = refs.s_time(&station_dir, length);
+    println!(
+        "openssl s_server / s_time -new: {} handshakes in {:.1} s = {}/s",
+        handshakes.0,
+        handshakes.1.as_secs_f64(),
+        thousands(handshakes.0 as f64 / handshakes.1.as_secs_f64())
+    );
+
+    // 5. EST simpleenroll.
+    let est = {
+        let devs = devices.take(size(best));
+        let requests: Vec<Vec<u8>> = devs
+            .iter()
+            .map(|d| {
+                let der = load::pem_blocks(&d.csr_pem, "CERTIFICATE REQUEST").remove(0);
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+                load::post(
+                    api,
+                    "/.well-known/est/simpleenroll",
+                    "application/pkcs10",
+                    b64.as_bytes(),
+                )
+            })
+            .collect();
+        println!(
+            "EST simpleenroll c=8: {} CSRs, running for {load_secs} s…",
+            requests.len()
         );
-        best_rate = best_rate.max(row.rate());
-        rows.push(row);
+        let out = load::run(&ours, &requests, 8, length, Connections::KeepAlive, 200);
+        let bad = out
+            .bodies
+            .iter()
+            .filter(|(_, b)| {
+                let text: String = String::from_utf8_lossy(b).split_whitespace().collect();
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .ok()
+                    .and_then(|der| cms::content_info::ContentInfo::from_der(&der).ok())
+                    .is_none()
+            })
+            .count();
+        Phase {
+            name: "EST simpleenroll, c=8, keep-alive".into(),
+            out,
+            bad,
+            memory: Some(memory(pid)),
+        }
+    };
+    est.print();
+
+    // 6. station batch.
+    let batch = station_batch(&mut devices, batch_size, &running, tmp.path());
+    let after = memory(pid);
+    let issued_total = warm.out.ok
+        + phases.iter().map(|p| p.out.ok).sum::<usize>()
+        + est.out.ok
+        + if batch.2 { batch_size } else { 0 };
+    println!(
+        "station batch: {} devices in {:.1} s ({}), kmsd VmRSS {:.0} MiB after {} issuances",
+        thousands(batch_size as f64),
+        batch.0.as_secs_f64(),
+        batch.1,
+        mib(after.0 as f64),
+        thousands(issued_total as f64)
+    );
+
+    // The summary.
+    let one = raw.one.rate();
+    let cf_rate = cf.out.rate();
+    let cf_p99 = cf.out.percentile(99.0);
+    let hs_rate = handshakes.0 as f64 / handshakes.1.as_secs_f64();
+    let mut rows = vec![
+        format!("| raw token ECDSA P-256 C_Sign, 1 session | {}/s | {} in {:.1} s | – | – |", thousands(one), raw.one.count, raw.one.elapsed.as_secs_f64()),
+        format!("| raw token ECDSA P-256 C_Sign, 2 sessions, 2 threads | {}/s | {} in {:.1} s | 1 session {}/s | {:.2} |", thousands(raw.two.rate()), raw.two.count, raw.two.elapsed.as_secs_f64(), thousands(one), raw.two.rate() / one),
+        format!("| cfssl serve 1.2.0, c=8, keep-alive mTLS (key in a file, no storage, no audit) | {}/s | {} | raw token 1 session {}/s | {:.2} |", thousands(cf_rate), cf.detail(), thousands(one), cf_rate / one),
+    ];
+    for p in &phases {
+        rows.push(format!(
+            "| {} | {}/s | {} | cfssl c=8 {}/s | {:.2} |",
+            p.name,
+            thousands(p.out.rate()),
+            p.detail(),
+            thousands(cf_rate),
+            p.out.rate() / cf_rate
+        ));
     }
+    let c8 = &phases[1];
+    rows.push(format!(
+        "| target: issuance c=8 keep-alive ≥ 2× cfssl serve | {} | ours {}/s, cfssl {}/s | 2.00 | {:.2} |",
+        met(c8.out.rate() >= 2.0 * cf_rate), thousands(c8.out.rate()), thousands(cf_rate), c8.out.rate() / cf_rate
+    ));
+    rows.push(format!(
+        "| target: issuance c=8 p99 ≤ ½ cfssl's p99 | {} | ours {:.2} ms, cfssl {:.2} ms | 0.50 | {:.2} |",
+        met(c8.out.percentile(99.0) <= 0.5 * cf_p99), c8.out.percentile(99.0), cf_p99, c8.out.percentile(99.0) / cf_p99
+    ));
+    rows.push(format!(
+        "| openssl s_server / s_time -new: full TLS 1.3 handshakes, P-256, client certificate | {}/s | {} in {:.1} s, {S_TIME_CLIENTS} clients, one server process | – | – |",
+        thousands(hs_rate), handshakes.0, handshakes.1.as_secs_f64()
+    ));
+    let fresh = &phases[3];
+    rows.push(format!(
+        "| target: issuance with a new connection each ≥ 80% of the raw handshake rate | {} | ours {}/s, s_time {}/s | 0.80 | {:.2} |",
+        met(fresh.out.rate() >= 0.8 * hs_rate), thousands(fresh.out.rate()), thousands(hs_rate), fresh.out.rate() / hs_rate
+    ));
+    rows.push(format!(
+        "| {} | {}/s | {} | issuance c=8 {}/s | {:.2} |",
+        est.name,
+        thousands(est.out.rate()),
+        est.detail(),
+        thousands(c8.out.rate()),
+        est.out.rate() / c8.out.rate()
+    ));
+    rows.push(format!(
+        "| station batch: {} devices, 8 concurrent, files and journal written | {:.1} s | {}/s; {} | 15 s | {:.2} |",
+        thousands(batch_size as f64), batch.0.as_secs_f64(), thousands(batch_size as f64 / batch.0.as_secs_f64()), batch.1, batch.0.as_secs_f64() / 15.0
+    ));
+    rows.push(format!(
+        "| kmsd VmRSS after {} issuances | {:.0} MiB | VmHWM {:.0} MiB; idle at start {:.0} MiB | 64 MiB | {:.2} |",
+        thousands(issued_total as f64), mib(after.0 as f64), mib(after.1 as f64), mib(idle.0 as f64), mib(after.0 as f64) / 64.0
+    ));
+    emit_table(&rows);
 
-    print_table(&raw, &rows);
-
-    // Stop kmsd cleanly.
     let status = running.stop();
-    let stopped = status.success();
     println!("kmsd stopped on SIGTERM: {status}");
-    if !stopped {
-        let log = std::fs::read_to_string(dir.join("kmsd.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        eprintln!("kmsd.log (last lines, newest first):\n{}", tail.join("\n"));
+    let errors = warm.errors()
+        + cf.errors()
+        + est.errors()
+        + phases.iter().map(Phase::errors).sum::<usize>();
+    if errors > 0 {
+        eprintln!("{errors} request(s) failed or were answered wrongly");
     }
-    let failed = warm.failed + rows.iter().map(|r| r.failed).sum::<usize>();
-    if failed > 0 {
-        eprintln!("{failed} request(s) failed or did not return a new certificate");
+    errors == 0 && status.success() && batch.2
+}
+
+fn met(yes: bool) -> &'static str {
+    if yes {
+        "met"
+    } else {
+        "not met"
     }
-    failed == 0 && stopped
+}
+
+/// One issuance phase against kmsd's device API, judged.
+#[allow(clippy::too_many_arguments)]
+fn issue_phase(
+    name: &str,
+    target: &Target,
+    devs: &[Device],
+    threads: usize,
+    length: Duration,
+    conns: Connections,
+    seen: &mut HashSet<Vec<u8>>,
+    pid: u32,
+) -> Phase {
+    let requests: Vec<Vec<u8>> = devs
+        .iter()
+        .map(|d| {
+            let body = serde_json::json!({ "csr": d.csr_pem, "hw_uuid": d.uuid });
+            load::post(
+                target.addr,
+                &format!("/v1/devices/{}/certificate", d.serial),
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+        })
+        .collect();
+    let out = load::run(target, &requests, threads, length, conns, 201);
+    let bad = judge(
+        &out,
+        devs,
+        seen,
+        |body| {
+            let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            if v["newly_issued"] != true {
+                return Err(format!("not newly issued: {v}"));
+            }
+            Ok((
+                v["serial_number"].as_str().map(str::to_owned),
+                v["certificate"].as_str().unwrap_or("").to_owned(),
+                v["chain"].as_str().map(str::to_owned),
+            ))
+        },
+        None,
+    );
+    Phase {
+        name: name.into(),
+        out,
+        bad,
+        memory: Some(memory(pid)),
+    }
+}
+
+/// Judge every answer of `out` off the clock: `read` gives (announced
+/// serial, certificate PEM, chain PEM); the certificate must certify the
+/// device's CSR key, carry a serial never seen, and verify under the
+/// first chain certificate's key (or `issuer_spki`). The number of bad ones.
+fn judge(
+    out: &Outcome,
+    devs: &[Device],
+    seen: &mut HashSet<Vec<u8>>,
+    read: impl Fn(&[u8]) -> Result<(Option<String>, String, Option<String>), String>,
+    issuer_spki: Option<&[u8]>,
+) -> usize {
+    let mut bad = 0;
+    let mut shown = 0;
+    for (i, body) in &out.bodies {
+        let verdict = (|| -> Result<(), String> {
+            let (announced, cert_pem, chain) = read(body)?;
+            let cert_der = load::pem_blocks(&cert_pem, "CERTIFICATE")
+                .into_iter()
+                .next()
+                .ok_or("no certificate")?;
+            let cert = x509_cert::Certificate::from_der(&cert_der).map_err(|e| e.to_string())?;
+            let serial = cert.tbs_certificate.serial_number.as_bytes().to_vec();
+            if let Some(a) = announced {
+                if a.trim_start_matches('0') != hex::encode(&serial).trim_start_matches('0') {
+                    return Err(format!("announced serial {a} is not the certificate's"));
+                }
+            }
+            if !seen.insert(serial) {
+                return Err("serial number seen before".into());
+            }
+            let csr_der = load::pem_blocks(&devs[*i].csr_pem, "CERTIFICATE REQUEST").remove(0);
+            let csr = x509_cert::request::CertReq::from_der(&csr_der).map_err(|e| e.to_string())?;
+            if csr.info.public_key != cert.tbs_certificate.subject_public_key_info {
+                return Err("does not certify the CSR's key".into());
+            }
+            let issuer = match issuer_spki {
+                Some(spki) => spki.to_vec(),
+                None => {
+                    let chain = chain.ok_or("no chain")?;
+                    let first = load::pem_blocks(&chain, "CERTIFICATE")
+                        .into_iter()
+                        .next()
+                        .ok_or("empty chain")?;
+                    x509_cert::Certificate::from_der(&first)
+                        .map_err(|e| e.to_string())?
+                        .tbs_certificate
+                        .subject_public_key_info
+                        .to_der()
+                        .map_err(|e| e.to_string())?
+                }
+            };
+            let spki =
+                spki::SubjectPublicKeyInfoRef::from_der(&issuer).map_err(|e| e.to_string())?;
+            let tbs = cert.tbs_certificate.to_der().map_err(|e| e.to_string())?;
+            ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_ASN1,
+                spki.subject_public_key.raw_bytes(),
+            )
+            .verify(&tbs, cert.signature.raw_bytes())
+            .map_err(|_| "signature does not verify under the issuer's key".to_owned())
+        })();
+        if let Err(e) = verdict {
+            bad += 1;
+            if shown < 10 {
+                shown += 1;
+                eprintln!("  bad answer to request {i} ({}): {e}", devs[*i].serial);
+            }
+        }
+    }
+    bad
 }
 
 /// `[token] module` and `[token.module_env]` of DIR/kmsd.toml.
@@ -252,7 +609,7 @@ fn print_header(load_secs: f64, token_secs: f64, pid: u32) {
             "+%Y-%m-%dT%H:%M:%SZ",
         ],
     );
-    println!("# vBus KMS service load benchmark");
+    println!("# vBus KMS issuance benchmark");
     println!(
         "date: {}",
         command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
@@ -265,7 +622,7 @@ fn print_header(load_secs: f64, token_secs: f64, pid: u32) {
         "kmsd: {} (built {built}), pid {pid}, token.pool_size = {POOL_SIZE}",
         kmsd.display()
     );
-    println!("phases: issuance {load_secs} s each, raw token {token_secs} s each");
+    println!("phases: load {load_secs} s each, raw token {token_secs} s each");
 }
 
 // ---------------------------------------------------------------- token
@@ -373,274 +730,303 @@ fn sign_loop(
     }
 }
 
-// ------------------------------------------------------------- issuance
+// ------------------------------------------------------------ references
 
-/// One device: its module serial, hardware UUID and CSR (fresh key).
-struct Device {
-    serial: String,
-    uuid: String,
-    csr_pem: String,
+/// Key material for the reference servers, made with the openssl CLI: a
+/// P-256 CA for `cfssl serve` to sign with (key in a file, as cfssl keeps
+/// it), and a P-256 TLS server certificate for 127.0.0.1 under a CA of its
+/// own; both servers require a client certificate from the appliance's
+/// internal CA, so the station's credential serves every target.
+struct References {
+    dir: PathBuf,
+    station_ca: PathBuf,
+    cfssl_ca_spki: Vec<u8>,
 }
 
-/// Devices `first..first + n`, made on every CPU.
-fn make_devices(first: usize, n: usize) -> Vec<Device> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = n.div_ceil(workers).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (first..first + n)
-            .step_by(chunk)
-            .map(|start| {
-                let end = (start + chunk).min(first + n);
-                s.spawn(move || (start..end).map(device).collect::<Vec<_>>())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    })
+/// A running `cfssl serve`; stopped when dropped.
+struct Cfssl {
+    child: Child,
+    addr: SocketAddr,
+    target: Target,
 }
 
-fn device(i: usize) -> Device {
-    let serial = format!("VBUS-CPU-2412-{i:06}");
-    let der = ca::testing::device_csr(&serial);
-    assert!(!der.is_empty(), "device_csr({serial}) failed");
-    let csr_pem = der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &der)
-        .expect("PEM");
-    Device {
-        serial,
-        uuid: format!("6f9619ff-8b86-4011-b42d-{i:012x}"),
-        csr_pem,
+impl Drop for Cfssl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-/// How requests reach the appliance.
-enum Conn<'a> {
-    /// One keep-alive client shared by every thread.
-    Shared(&'a station::Client),
-    /// A new client, so a new connection, per request.
-    PerRequest {
-        base: &'a str,
-        cred: &'a station::Credential,
-    },
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-/// Certificate serial numbers seen so far, across phases.
-#[derive(Default)]
-struct Check {
-    serials: Mutex<HashSet<String>>,
-}
-
-impl Check {
-    /// `Err` unless `got` is a new certificate with a new serial number.
-    fn judge(&self, got: station::Result<station::Enrolled>) -> Result<(), String> {
-        let got = got.map_err(|e| format!("[{}] {e}", e.code()))?;
-        if !got.newly_issued {
-            return Err(format!("not newly issued (serial {})", got.serial_number));
+impl References {
+    fn make(tmp: &Path, station_ca: &Path) -> Self {
+        let dir = tmp.join("references");
+        std::fs::create_dir_all(&dir).unwrap();
+        let p256 = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let ca_ext = [
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ];
+        for (name, cn) in [("cfssl-ca", "bench cfssl CA"), ("tls-ca", "bench TLS CA")] {
+            let (key, cert, subj) = (
+                format!("{name}-key.pem"),
+                format!("{name}.pem"),
+                format!("/CN={cn}"),
+            );
+            let mut args = vec!["req", "-x509"];
+            args.extend(p256);
+            args.extend([
+                "-keyout", &key, "-out", &cert, "-subj", &subj, "-days", "30",
+            ]);
+            args.extend(ca_ext);
+            openssl(&dir, &args);
         }
-        if !self
-            .serials
-            .lock()
+        let mut args = vec!["req"];
+        args.extend(p256);
+        args.extend([
+            "-keyout",
+            "tls-key.pem",
+            "-out",
+            "tls.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&dir, &args);
+        std::fs::write(
+            dir.join("tls.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n",
+        )
+        .unwrap();
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "tls.csr",
+                "-CA",
+                "tls-ca.pem",
+                "-CAkey",
+                "tls-ca-key.pem",
+                "-CAcreateserial",
+                "-out",
+                "tls.pem",
+                "-days",
+                "30",
+                "-extfile",
+                "tls.ext",
+            ],
+        );
+        let ca_der = load::pem_blocks(
+            &std::fs::read_to_string(dir.join("cfssl-ca.pem")).unwrap(),
+            "CERTIFICATE",
+        )
+        .remove(0);
+        let cfssl_ca_spki = x509_cert::Certificate::from_der(&ca_der)
             .unwrap()
-            .insert(got.serial_number.clone())
-        {
-            return Err(format!("serial {} issued twice", got.serial_number));
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .unwrap();
+        Self {
+            dir,
+            station_ca: station_ca.to_owned(),
+            cfssl_ca_spki,
         }
-        Ok(())
-    }
-}
-
-/// One phase's figures.
-struct Row {
-    name: String,
-    ok: usize,
-    failed: usize,
-    elapsed: Duration,
-    /// Latencies of the successful requests, sorted.
-    latencies: Vec<Duration>,
-    /// kmsd VmRSS and VmHWM (kB) right after the phase.
-    memory: (u64, u64),
-    /// Most API connections kmsd reported open during the phase.
-    max_open: Option<i64>,
-    /// The pre-made CSRs ran out before the deadline.
-    ran_out: bool,
-}
-
-impl Row {
-    fn rate(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// Nearest-rank percentile, in ms.
-    fn percentile(&self, p: f64) -> Option<f64> {
-        let n = self.latencies.len();
-        if n == 0 {
-            return None;
-        }
-        let rank = ((p / 100.0) * n as f64).ceil().max(1.0) as usize;
-        Some(self.latencies[rank.min(n) - 1].as_secs_f64() * 1e3)
+    /// `cfssl serve` with mutual TLS on a free port, answering.
+    fn cfssl(&self, cert_pem: &str, key_pem: &str) -> Cfssl {
+        let port = softhsm_tests::free_port();
+        let child = Command::new("cfssl")
+            .current_dir(&self.dir)
+            .args(["serve", "-address", "127.0.0.1", "-port", &port.to_string()])
+            .args(["-ca", "cfssl-ca.pem", "-ca-key", "cfssl-ca-key.pem"])
+            .args(["-tls-cert", "tls.pem", "-tls-key", "tls-key.pem"])
+            .arg("-mutual-tls-ca")
+            .arg(&self.station_ca)
+            .args(["-loglevel", "5"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cfssl serve (apt-get install golang-cfssl)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let tls_ca = std::fs::read_to_string(self.dir.join("tls-ca.pem")).unwrap();
+        let cfssl = Cfssl {
+            child,
+            addr,
+            target: Target::new(addr, &tls_ca, cert_pem, key_pem),
+        };
+        wait_for_port(addr);
+        cfssl
     }
-}
 
-/// `threads` threads issue `devices` until `length` is up (or, without one,
-/// all of them). kmsd's open connections are sampled meanwhile.
-#[allow(clippy::too_many_arguments)]
-fn run_phase(
-    name: &str,
-    threads: usize,
-    devices: &[Device],
-    length: Option<Duration>,
-    conn: &Conn<'_>,
-    check: &Check,
-    publication: u16,
-    pid: u32,
-) -> Row {
-    let next = AtomicUsize::new(0);
-    let ran_out = AtomicBool::new(false);
-    let done = AtomicBool::new(false);
-    let max_open = AtomicI64::new(i64::MIN);
-    let failures = Mutex::new(Vec::<String>::new());
-    let start = Instant::now();
-    let deadline = length.map(|l| start + l);
-    let latencies = std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                if let Some(n) = open_connections(publication) {
-                    max_open.fetch_max(n, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        let workers: Vec<_> = (0..threads)
+    /// `openssl s_server` with the TLS certificate, client certificates
+    /// required, and `s_time -new` with the station's credential against it
+    /// for `length`: (handshakes, wall time).
+    fn s_time(&self, station_dir: &Path, length: Duration) -> (u64, Duration) {
+        let port = softhsm_tests::free_port();
+        let mut server = Command::new("openssl")
+            .current_dir(&self.dir)
+            .args([
+                "s_server",
+                "-accept",
+                &port.to_string(),
+                "-cert",
+                "tls.pem",
+                "-key",
+                "tls-key.pem",
+            ])
+            .arg("-CAfile")
+            .arg(&self.station_ca)
+            .args(["-Verify", "2", "-quiet"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start openssl s_server");
+        wait_for_port(format!("127.0.0.1:{port}").parse().unwrap());
+        // Two clients, so that the server is never idle waiting for one.
+        let t = Instant::now();
+        let clients: Vec<Child> = (0..S_TIME_CLIENTS)
             .map(|_| {
-                s.spawn(|| {
-                    let mut lat = Vec::new();
-                    loop {
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
-                            break;
-                        }
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(d) = devices.get(i) else {
-                            if deadline.is_some() {
-                                ran_out.store(true, Ordering::Relaxed);
-                            }
-                            break;
-                        };
-                        let t = Instant::now();
-                        let got = match conn {
-                            Conn::Shared(c) => c.enroll(&d.serial, &d.uuid, &d.csr_pem),
-                            Conn::PerRequest { base, cred } => station::Client::new(base, cred)
-                                .and_then(|c| c.enroll(&d.serial, &d.uuid, &d.csr_pem)),
-                        };
-                        let took = t.elapsed();
-                        match check.judge(got) {
-                            Ok(()) => lat.push(took),
-                            Err(e) => failures.lock().unwrap().push(format!("{}: {e}", d.serial)),
-                        }
-                    }
-                    lat
-                })
+                Command::new("openssl")
+                    .current_dir(&self.dir)
+                    .args(["s_time", "-connect", &format!("127.0.0.1:{port}"), "-new"])
+                    .args(["-time", &format!("{}", length.as_secs().max(1))])
+                    .arg("-cert")
+                    .arg(station_dir.join("cert.pem"))
+                    .arg("-key")
+                    .arg(station_dir.join("key.pem"))
+                    .args(["-CAfile", "tls-ca.pem", "-verify", "2"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("run openssl s_time")
             })
             .collect();
-        let mut all: Vec<Duration> = workers
+        let outs: Vec<_> = clients
             .into_iter()
-            .flat_map(|w| w.join().unwrap())
+            .map(|c| c.wait_with_output().expect("openssl s_time"))
             .collect();
-        done.store(true, Ordering::Relaxed);
-        all.sort_unstable();
-        all
-    });
-    let elapsed = start.elapsed();
-    let failures = failures.into_inner().unwrap();
-    for f in failures.iter().take(SHOW_FAILURES) {
-        eprintln!("  {name}: FAILED {f}");
+        let wall = t.elapsed();
+        let _ = server.kill();
+        let _ = server.wait();
+        let mut n = 0;
+        for out in outs {
+            let text = String::from_utf8_lossy(&out.stdout);
+            // "N connections in X.XXs; …" (X is the client's user time).
+            n += text
+                .lines()
+                .find_map(|l| {
+                    l.split_once(" connections in ")
+                        .map(|(n, _)| n.trim().to_owned())
+                })
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "s_time printed no count:\n{text}\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+        }
+        (n, wall)
     }
-    if failures.len() > SHOW_FAILURES {
+}
+
+fn wait_for_port(addr: SocketAddr) {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {addr} after 10 s");
+}
+
+/// `n` devices through `station batch` (8 concurrent requests): the wall
+/// time, its summary line, and whether every device was certified.
+fn station_batch(
+    devices: &mut Devices,
+    n: usize,
+    running: &Running,
+    tmp: &Path,
+) -> (Duration, String, bool) {
+    let dir = tmp.join("batch");
+    let csrs = dir.join("csr");
+    std::fs::create_dir_all(&csrs).unwrap();
+    let t = Instant::now();
+    let devs = devices.take(n);
+    let mut csv = String::from("serial,hw_uuid,csr\n");
+    for d in &devs {
+        let file = format!("csr/{}.pem", d.serial);
+        std::fs::write(dir.join(&file), &d.csr_pem).unwrap();
+        csv.push_str(&format!("{},{},{file}\n", d.serial, d.uuid));
+    }
+    std::fs::write(dir.join("devices.csv"), csv).unwrap();
+    println!(
+        "station batch: {} CSRs made and written in {:.1} s, running…",
+        thousands(n as f64),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let out = Command::new(softhsm_tests::bin("station"))
+        .args(["--url", &format!("https://127.0.0.1:{}", running.api)])
+        .arg("--credential")
+        .arg(running.dir.join(STATION))
+        .arg("batch")
+        .arg(dir.join("devices.csv"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .args(["--concurrency", "8", "--no-progress"])
+        .output()
+        .expect("run station batch");
+    let took = t.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = text
+        .lines()
+        .filter(|l| {
+            ["done ", "failed ", "refused "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let journal = std::fs::read_to_string(dir.join("out/batch-journal.jsonl")).unwrap_or_default();
+    let certified = journal
+        .lines()
+        .filter(|l| l.contains("\"newly_issued\":true"))
+        .count();
+    if !out.status.success() || certified != n {
         eprintln!(
-            "  {name}: … {} more failures",
-            failures.len() - SHOW_FAILURES
+            "station batch: {} ({certified} of {n} newly certified):\n{text}",
+            out.status
         );
     }
-    let max_open = max_open.into_inner();
-    Row {
-        name: name.to_owned(),
-        ok: latencies.len(),
-        failed: failures.len(),
-        elapsed,
-        latencies,
-        memory: memory(pid),
-        max_open: (max_open != i64::MIN).then_some(max_open),
-        ran_out: ran_out.into_inner(),
-    }
-}
-
-/// `kms_connections_open` from `/metrics` on the publication port.
-fn open_connections(port: u16) -> Option<i64> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("kms_connections_open "))
-        .and_then(|n| n.trim().parse().ok())
-}
-
-// ---------------------------------------------------------------- report
-
-fn print_table(raw: &Raw, rows: &[Row]) {
-    let (one, two) = (raw.one.rate(), raw.two.rate());
-    let ms = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.1}"));
-    println!();
-    println!("| phase | ok | failed | s | per second | p50 ms | p99 ms | p99.9 ms | kmsd VmRSS / VmHWM MiB | max open conns | × raw 1-session | × raw 2-session |");
-    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    for (name, c) in [
-        ("raw token C_Sign, 1 session", &raw.one),
-        ("raw token C_Sign, 2 sessions / 2 threads", &raw.two),
-    ] {
-        println!(
-            "| {name} | {} | 0 | {:.1} | {} | – | – | – | – | – | {:.2} | {:.2} |",
-            thousands(c.count as f64),
-            c.elapsed.as_secs_f64(),
-            thousands(c.rate()),
-            c.rate() / one,
-            c.rate() / two
-        );
-    }
-    for r in rows {
-        println!(
-            "| {}{} | {} | {} | {:.1} | {} | {} | {} | {} | {:.0} / {:.0} | {} | {:.3} | {:.3} |",
-            r.name,
-            if r.ran_out { " (CSRs ran out)" } else { "" },
-            thousands(r.ok as f64),
-            r.failed,
-            r.elapsed.as_secs_f64(),
-            thousands(r.rate()),
-            ms(r.percentile(50.0)),
-            ms(r.percentile(99.0)),
-            ms(r.percentile(99.9)),
-            mib(r.memory.0 as f64),
-            mib(r.memory.1 as f64),
-            r.max_open.map_or_else(|| "?".to_owned(), |n| n.to_string()),
-            r.rate() / one,
-            r.rate() / two
-        );
-    }
-    println!();
-    for r in rows {
-        println!(
-            "{}: {}/s = {:.3} × raw 1-session ({}/s), {:.3} × raw 2-session ({}/s)",
-            r.name,
-            thousands(r.rate()),
-            r.rate() / one,
-            thousands(one),
-            r.rate() / two,
-            thousands(two)
-        );
-    }
-    println!();
-    println!("Latency: client-side, per successful request (for the new-connection row it includes building the client, TCP connect and the TLS handshake); nearest-rank percentiles, so p99.9 of fewer than 1,000 requests is the slowest one.");
-    println!("Memory: kmsd's /proc/<pid>/status right after each phase; VmHWM is the peak since kmsd started. Max open conns: kms_connections_open sampled every 200 ms.");
-    println!("Single run on a possibly shared machine: the figures are noisy.");
+    (took, summary, out.status.success() && certified == n)
 }

@@ -162,6 +162,16 @@ pub trait Store: Send + Sync {
     /// (flushed to stable storage) when it returns `Ok(Ok(()))`.
     fn commit(&self, writes: &[Write]) -> Result<std::result::Result<(), Conflict>>;
 
+    /// [`Store::commit`] for writes the caller has already journaled
+    /// durably elsewhere (the audit log, from which start-up reconciliation
+    /// re-applies whatever the store lacks): visible to every reader when it
+    /// returns, but the backend may make it durable later, with the next
+    /// flushed commit or within its own flush interval. Saves the issuance
+    /// path a second fsync. The default is a flushed commit.
+    fn commit_journaled(&self, writes: &[Write]) -> Result<std::result::Result<(), Conflict>> {
+        self.commit(writes)
+    }
+
     /// Number of entries in `tree`.
     fn len(&self, tree: Tree) -> Result<usize>;
 }

@@ -4,6 +4,8 @@
 //! memory, and number formatting for the printed tables.
 #![allow(dead_code)] // each bench uses its own subset
 
+pub mod load;
+
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -125,6 +127,28 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
+/// Print a benchmark's summary table (columns `| measurement | result |
+/// detail | reference | ratio |`) and, when `KMS_BENCH_ROWS` names a file,
+/// append its rows there too: `bench/run` gathers every bench's rows into
+/// one table.
+pub fn emit_table(rows: &[String]) {
+    println!();
+    println!("| measurement | result | detail | reference | ratio |");
+    println!("|---|--:|---|--:|--:|");
+    for r in rows {
+        println!("{r}");
+    }
+    if let Ok(path) = std::env::var("KMS_BENCH_ROWS") {
+        let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .unwrap_or_else(|e| panic!("append to KMS_BENCH_ROWS={path}: {e}"));
+    }
+}
+
 /// Disk blocks under `path`, kB.
 pub fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
@@ -174,14 +198,20 @@ pub struct Device {
 
 /// Devices `0..n` (see [`device`]), made on every CPU.
 pub fn make_devices(n: usize) -> Vec<Device> {
+    make_device_range(0, n)
+}
+
+/// Devices `first..first + n` (see [`device`]), made on every CPU.
+pub fn make_device_range(first: usize, n: usize) -> Vec<Device> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = n.div_ceil(workers).max(1);
+    let end = first + n;
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
+        let handles: Vec<_> = (first..end)
             .step_by(chunk)
             .map(|start| {
                 s.spawn(move || {
-                    (start..(start + chunk).min(n))
+                    (start..(start + chunk).min(end))
                         .map(device)
                         .collect::<Vec<_>>()
                 })
