@@ -60,8 +60,8 @@ use store::{Store, Tree, Write};
 
 mod common;
 use common::{
-    command_line, disk_usage, fsync_rate, make_devices, median, memory_self, mib, open_appliance,
-    quickstart, require_release_bins, run_child, thousands, OrDie,
+    command_line, disk_usage, emit_table, fsync_rate, make_devices, median, memory_self, mib,
+    open_appliance, quickstart, require_release_bins, run_child, thousands, OrDie,
 };
 
 /// The quickstart station, owner of the devices.
@@ -665,37 +665,35 @@ fn print_table(psk: &Value, rot: &Value, blobs: usize) {
     let gcm_rate = 1.0 / gcm;
     let fsync = f(psk, "fsyncs") / f(psk, "fsync_s");
     let ceiling = fsync / FSYNCS_PER_PSK;
-    println!();
-    println!("| measurement | result | detail | reference | ratio |");
-    println!("|---|--:|---|--:|--:|");
-    println!(
+    let mut rows: Vec<String> = Vec::new();
+    rows.push(format!(
         "| raw token AES-GCM encryption, 32 B under escrow-kek-1 (median of {RAW_RUNS}) | {:.1} µs | {}/s on 1 thread; decryption {:.1} µs | – | – |",
         gcm * 1e6,
         thousands(gcm_rate),
         f(psk, "gcm_decrypt_s") * 1e6
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| raw token random(32) (median of {RAW_RUNS}) | {:.1} µs | {}/s on 1 thread | – | – |",
         f(psk, "random_s") * 1e6,
         thousands(1.0 / f(psk, "random_s"))
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| raw fsync, same file system (64 B append + fdatasync, 1 s after 0.5 s warm-up) | {}/s | {:.2} ms each | – | – |",
         thousands(fsync),
         1e3 / fsync
-    );
+    ));
     let devices = f(psk, "devices");
-    println!(
+    rows.push(format!(
         "| setup: {} device certificates issued in-process for {STATION} ({ISSUERS} threads) | {}/s | {:.1} s | – | – |",
         thousands(devices),
         thousands(devices / f(psk, "issue_s")),
         f(psk, "issue_s")
-    );
+    ));
     for run in [&psk["single"], &psk["multi"]] {
         let n = f(run, "ok");
         let rate = n / f(run, "s");
         let threads = f(run, "threads");
-        println!(
+        rows.push(format!(
             "| PSK issuance, {} thread{} (issue_secret, durable) | {}/s | {} in {:.2} s, {} failed; p50 {:.2} ms, p99 {:.2} ms; {:.2} audit fsyncs and {:.2} sled flushes per PSK | fsync ceiling {}/s (raw fsync / {FSYNCS_PER_PSK}) | {:.2} |",
             threads,
             if threads == 1.0 { "" } else { "s" },
@@ -709,29 +707,29 @@ fn print_table(psk: &Value, rot: &Value, blobs: usize) {
             f(run, "store_flushes") / n,
             thousands(ceiling),
             rate / ceiling
-        );
+        ));
     }
 
     let n = f(rot, "blobs");
-    println!(
+    rows.push(format!(
         "| setup: {} escrow records sealed under KEK 1 and stored ({} per commit) | {}/s | {:.1} s (2 token ops each); store {:.0} MiB on disk | – | – |",
         thousands(n),
         thousands(FILL_BATCH as f64),
         thousands(n / f(rot, "fill_s")),
         f(rot, "fill_s"),
         mib(f(rot, "disk_filled_kb"))
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| scan + decode of all {} escrow records (the rotation reads them once in its pass, and again to verify at the end) | {:.0} ms | {:.2} µs/record | – | – |",
         thousands(n),
         f(rot, "scan_s") * 1e3,
         f(rot, "scan_s") * 1e6 / n
-    );
+    ));
     let rewrapped = f(rot, "rewrapped");
     let rotation = f(rot, "rotation_s");
     let rate = rewrapped / rotation;
     let token_ceiling = gcm_rate / OPS_PER_BLOB;
-    println!(
+    rows.push(format!(
         "| KEK rotation 1 → 2, {} blobs (rotate_kek_step, {} per step) | {}/s | {} in {:.1} s, {} steps (first {:.0} ms, median {:.0} ms, last {:.0} ms); {OPS_PER_BLOB} token ops per blob = {}/s; {:.3} sled flushes per blob (one per step); store {:.0} MiB on disk after; VmHWM {:.0} MiB | raw AES-GCM {}/s / {OPS_PER_BLOB} = {}/s | {:.2} |",
         thousands(n),
         thousands(STEP as f64),
@@ -749,10 +747,10 @@ fn print_table(psk: &Value, rot: &Value, blobs: usize) {
         thousands(gcm_rate),
         thousands(token_ceiling),
         rate / token_ceiling
-    );
+    ));
     let sample = f(rot, "sample");
     let opened = f(rot, "opened");
-    println!(
+    rows.push(format!(
         "| check: {} rotated records open with KEK version 2 | {} | {} of {} opened to the sealed secrets; KEK versions {}; escrow-kek-1 destroyed: {} | – | – |",
         thousands(sample),
         if opened == sample && rot["problems"].as_array().is_some_and(Vec::is_empty) {
@@ -764,8 +762,8 @@ fn print_table(psk: &Value, rot: &Value, blobs: usize) {
         thousands(sample),
         rot["versions"].as_str().unwrap_or("?"),
         if rot["old_kek_gone"] == json!(true) { "yes" } else { "NO" }
-    );
-    println!();
+    ));
+    emit_table(&rows);
     println!("PSK rows: in-process Appliance::issue_secret as {STATION} for devices it owns, kmsd stopped; each PSK is 32 bytes from the token RNG sealed under the KEK (encryption + verifying decryption), an audit record (fdatasync) and a store commit (sled flush) before it returns; ratio = PSKs/s over the fsync-bound ceiling (raw fsync/s / {FSYNCS_PER_PSK}); group commit can take it above 1 with threads. Rotation row: each blob is decrypted under the old KEK, encrypted under the new one, decrypted again to verify, and each step's blobs are written in one compare-and-swap commit (one flush per step); ratio = blobs/s over the token-bound ceiling (raw AES-GCM/s / {OPS_PER_BLOB}).");
     if blobs != DEFAULT_BLOBS {
         println!(

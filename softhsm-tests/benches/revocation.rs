@@ -61,8 +61,9 @@ use store::{Store, Tree, Write};
 
 mod common;
 use common::{
-    command_line, disk_usage, env_secs, fsync_rate, make_devices, median, memory, memory_self, mib,
-    open_appliance, quickstart, require_release_bins, run_child, thousands, OrDie,
+    command_line, disk_usage, emit_table, env_secs, fsync_rate, make_devices, median, memory,
+    memory_self, mib, open_appliance, quickstart, require_release_bins, run_child, thousands,
+    OrDie,
 };
 
 /// Synthetic revocations per store commit.
@@ -786,27 +787,25 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTree
 fn print_table(crl: &Value, rev: &Value, ocsp: &Ocsp, raw_rate: f64) {
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let raw_sign = f(crl, "raw_sign_s");
-    println!();
-    println!("| measurement | result | detail | reference | ratio |");
-    println!("|---|--:|---|--:|--:|");
-    println!(
+    let mut rows: Vec<String> = Vec::new();
+    rows.push(format!(
         "| raw token signature, intermediate key (TokenSigner, median of 100) | {:.3} ms | {}/s on 1 thread | – | – |",
         raw_sign * 1e3,
         thousands(raw_rate)
-    );
+    ));
     let sizes = crl["sizes"].as_array().cloned().unwrap_or_default();
     let mut biggest = None;
     for s in &sizes {
         let n = f(s, "size");
         let load = f(s, "load_s");
         let publish = f(s, "publish_s");
-        println!(
+        rows.push(format!(
             "| CRL {} entries: start-up load (Revocations::open) | {:.0} ms | {:.2} µs/entry; VmRSS +{:.0} MiB | – | – |",
             thousands(n),
             load * 1e3,
             load * 1e6 / n,
             mib(f(s, "rss_after_load_kb") - f(s, "rss_before_kb"))
-        );
+        ));
         let runs: Vec<String> = s["publish_runs_s"]
             .as_array()
             .map(|a| {
@@ -815,7 +814,7 @@ fn print_table(crl: &Value, rev: &Value, ocsp: &Ocsp, raw_rate: f64) {
                     .collect()
             })
             .unwrap_or_default();
-        println!(
+        rows.push(format!(
             "| CRL {} entries: publish (build, sign, audit, commit; median of 3) | {:.0} ms | {} bytes; runs {} ms; VmHWM {:.0} MiB; store {:.0} MiB on disk | 1 token signature {:.3} ms | ×{} |",
             thousands(n),
             publish * 1e3,
@@ -825,20 +824,20 @@ fn print_table(crl: &Value, rev: &Value, ocsp: &Ocsp, raw_rate: f64) {
             mib(f(s, "disk_kb")),
             raw_sign * 1e3,
             thousands(publish / raw_sign)
-        );
+        ));
         biggest = Some((n, publish));
     }
     if let Some((n, publish)) = biggest.filter(|(n, _)| *n >= 1e6) {
-        println!(
+        rows.push(format!(
             "| target: {} entries built and signed in under {TARGET_SECS} s | {} ({:.2} s) | publish, median of 3 | {TARGET_SECS} s | {:.2} |",
             thousands(n),
             if publish < TARGET_SECS { "met" } else { "MISSED" },
             publish,
             publish / TARGET_SECS
-        );
+        ));
     }
     let v = &crl["openssl_crl"];
-    println!(
+    rows.push(format!(
         "| CRL {} entries: openssl crl -CAfile chain.pem | {} | {} | – | – |",
         sizes
             .first()
@@ -849,21 +848,21 @@ fn print_table(crl: &Value, rev: &Value, ocsp: &Ocsp, raw_rate: f64) {
             "NOT VERIFIED"
         },
         v["said"].as_str().unwrap_or("?").replace('\n', "; ")
-    );
+    ));
 
     let fsync = f(rev, "fsyncs") / f(rev, "fsync_s");
     let devices = f(rev, "devices");
-    println!(
+    rows.push(format!(
         "| setup: {} device certificates issued in-process ({ISSUERS} threads) | {}/s | {:.1} s | – | – |",
         thousands(devices),
         thousands(devices / f(rev, "issue_s")),
         f(rev, "issue_s")
-    );
-    println!(
+    ));
+    rows.push(format!(
         "| raw fsync, same file system (64 B append + fdatasync, 1 s) | {}/s | {:.2} ms each | – | – |",
         thousands(fsync),
         1e3 / fsync
-    );
+    ));
     for (name, n, secs, fsyncs) in [
         (
             "revocation, one at a time (Appliance::revoke)",
@@ -879,7 +878,7 @@ fn print_table(crl: &Value, rev: &Value, ocsp: &Ocsp, raw_rate: f64) {
         ),
     ] {
         let rate = n / secs;
-        println!(
+        rows.push(format!(
             "| {name} | {}/s | {} in {:.2} s; {} audit fsyncs ({:.2} per revocation) + sled flushes | raw fsync {}/s | {:.2} |",
             thousands(rate),
             thousands(n),
@@ -888,7 +887,7 @@ fn print_table(crl: &Value, rev: &Value, ocsp: &Ocsp, raw_rate: f64) {
             fsyncs / n,
             thousands(fsync),
             rate / fsync
-        );
+        ));
     }
 
     let pct = |l: &Load, p: f64| {
@@ -905,7 +904,7 @@ fn print_table(crl: &Value, rev: &Value, ocsp: &Ocsp, raw_rate: f64) {
             &ocsp.signed,
         ),
     ] {
-        println!(
+        rows.push(format!(
             "| {name} | {}/s | {} in {:.1} s, {} failed; p50 {} ms, p99 {} ms; /metrics: cached {}, signed {} | raw token {}/s (1 thread) | {:.2} |",
             thousands(l.rate()),
             thousands(l.ok as f64),
@@ -917,20 +916,20 @@ fn print_table(crl: &Value, rev: &Value, ocsp: &Ocsp, raw_rate: f64) {
             thousands(l.result("signed") as f64),
             thousands(raw_rate),
             l.rate() / raw_rate
-        );
+        ));
     }
     for (what, said, ok) in &ocsp.verified {
-        println!(
+        rows.push(format!(
             "| OCSP cached answer, {what} certificate: openssl ocsp -respin -CAfile chain.pem | {} | {said} | – | – |",
             if *ok { "ok" } else { "FAILED" }
-        );
+        ));
     }
-    println!(
+    rows.push(format!(
         "| kmsd memory after the OCSP phases | VmRSS {:.0} MiB | VmHWM {:.0} MiB | – | – |",
         mib(ocsp.memory.0 as f64),
         mib(ocsp.memory.1 as f64)
-    );
-    println!();
+    ));
+    emit_table(&rows);
     println!("CRL rows: one process with kmsd stopped, synthetic intermediate-CA revocations in the sled store; start-up load is Revocations::open (scan, decode, DER-encode each entry); ratio = publish / one token signature. Revocation rows: durable before returning (audit fdatasync + sled flush); ratio = revocations per raw fsync. OCSP rows: client-side latency; ratio = answers per raw token signature on 1 thread.");
     println!("Single run on a possibly shared machine: the figures are noisy.");
 }
