@@ -6,6 +6,9 @@
 //! only wrapped, `CKA_EXTRACTABLE=false`. Each key gets only the usages its
 //! role needs: signing keys sign, wrapping keys wrap and unwrap, data keys
 //! encrypt and decrypt.
+//!
+//! Lookups see token objects only (`CKA_TOKEN=true`): the session-object
+//! copies the pool signs with (see [`session_copy`]) never count as keys.
 
 use cryptoki::context::Function;
 use cryptoki::error::RvError;
@@ -121,13 +124,18 @@ pub struct KeyInfo {
 pub(crate) struct FoundKey {
     pub handle: ObjectHandle,
     pub algorithm: KeyAlgorithm,
+    /// A private key that may be signed with through session copies: P-256
+    /// or Ed25519, private, sensitive, never extractable and not
+    /// `CKA_COPYABLE=false`.
+    pub copyable: bool,
 }
 
-/// Find the single key of `class` labelled `label`.
+/// Find the single token key of `class` labelled `label`.
 pub(crate) fn find(session: &Session, label: &str, class: KeyClass) -> Result<FoundKey> {
     let handles = session
         .find_objects(&[
             Attribute::Class(class.object_class()),
+            Attribute::Token(true),
             Attribute::Label(label.as_bytes().to_vec()),
         ])
         .map_err(ck)?;
@@ -162,24 +170,53 @@ pub(crate) fn find(session: &Session, label: &str, class: KeyClass) -> Result<Fo
             })
         }
     };
-    let algorithm = algorithm_of(session, handle)?;
-    Ok(FoundKey { handle, algorithm })
+    let (algorithm, copyable) = describe(session, handle)?;
+    Ok(FoundKey {
+        handle,
+        algorithm,
+        copyable: class == KeyClass::Private
+            && copyable
+            && matches!(algorithm, KeyAlgorithm::EcP256 | KeyAlgorithm::Ed25519),
+    })
 }
 
 fn algorithm_of(session: &Session, handle: ObjectHandle) -> Result<KeyAlgorithm> {
+    Ok(describe(session, handle)?.0)
+}
+
+/// The key's algorithm, and whether a session copy of it would be as
+/// protected as it is and allowed: `CKA_PRIVATE`, `CKA_SENSITIVE`, not
+/// `CKA_EXTRACTABLE`, and `CKA_COPYABLE` not false (absent means true, as in
+/// tokens older than PKCS#11 2.40).
+fn describe(session: &Session, handle: ObjectHandle) -> Result<(KeyAlgorithm, bool)> {
     let attrs = session
-        .get_attributes(handle, &[AttributeType::KeyType, AttributeType::EcParams])
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::KeyType,
+                AttributeType::EcParams,
+                AttributeType::Private,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Copyable,
+            ],
+        )
         .map_err(ck)?;
     let mut key_type = None;
     let mut params = None;
+    let (mut private, mut sensitive, mut extractable, mut copyable) = (false, false, true, true);
     for a in attrs {
         match a {
             Attribute::KeyType(t) => key_type = Some(t),
             Attribute::EcParams(p) => params = Some(p),
+            Attribute::Private(b) => private = b,
+            Attribute::Sensitive(b) => sensitive = b,
+            Attribute::Extractable(b) => extractable = b,
+            Attribute::Copyable(b) => copyable = b,
             _ => {}
         }
     }
-    Ok(match key_type {
+    let algorithm = match key_type {
         Some(t) if t == KeyType::AES => KeyAlgorithm::Aes,
         Some(t) if t == KeyType::EC && params.as_deref() == Some(P256_PARAMS) => {
             KeyAlgorithm::EcP256
@@ -190,7 +227,67 @@ fn algorithm_of(session: &Session, handle: ObjectHandle) -> Result<KeyAlgorithm>
         // Private keys may not expose CKA_EC_PARAMS on every token; the
         // generator always sets it, so absence means not one of ours.
         _ => KeyAlgorithm::Other,
+    };
+    Ok((algorithm, private && sensitive && !extractable && copyable))
+}
+
+/// A session-object copy of the token private key `key`, for signing: the
+/// copy skips the checks and reloads some tokens (SoftHSM2) make on every
+/// use of a token object. Only `CKA_TOKEN=false` and an empty label are
+/// asked for (no lookup by label finds it); the rest is copied, and PKCS#11
+/// forbids weakening `CKA_SENSITIVE` or `CKA_EXTRACTABLE` in a copy. That is
+/// checked all the same: a copy that is not private, sensitive and never
+/// extractable is destroyed and refused.
+pub(crate) fn session_copy(session: &Session, key: ObjectHandle) -> Result<ObjectHandle> {
+    let copy = session
+        .copy_object(
+            key,
+            &[Attribute::Token(false), Attribute::Label(Vec::new())],
+        )
+        .map_err(ck)?;
+    let attrs = session.get_attributes(
+        copy,
+        &[
+            AttributeType::Token,
+            AttributeType::Private,
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+        ],
+    );
+    let protected = attrs.as_ref().is_ok_and(|attrs| {
+        let want = [
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+        ];
+        want.iter().all(|w| attrs.contains(w))
+    });
+    if protected {
+        return Ok(copy);
+    }
+    if let Err(e) = session.destroy_object(copy) {
+        tracing::warn!(error = %e, "cannot destroy a refused session copy of a key");
+    }
+    Err(match attrs {
+        Err(e) => ck(e),
+        Ok(attrs) => Error::TokenProtocol(format!(
+            "the session copy of a key is less protected than the key: {attrs:?}"
+        )),
     })
+}
+
+/// Handles of the session copies of the token private key with `CKA_ID`
+/// `id` that this session can see: every session's, on tokens that share
+/// session objects between an application's sessions (SoftHSM2 does).
+pub(crate) fn session_copies(session: &Session, id: &[u8]) -> Result<Vec<ObjectHandle>> {
+    session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Token(false),
+            Attribute::Id(id.to_vec()),
+        ])
+        .map_err(ck)
 }
 
 /// Generate a key pair; returns (public, private) handles.
@@ -330,13 +427,14 @@ pub(crate) fn info(session: &Session, token_label: &str, handle: ObjectHandle) -
 }
 
 /// Handles of every private and secret key on the token (public keys are
-/// halves of the private ones and not counted).
+/// halves of the private ones and not counted; session objects are not on
+/// the token).
 pub(crate) fn all_keys(session: &Session) -> Result<Vec<ObjectHandle>> {
     let mut out = Vec::new();
     for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY] {
         out.extend(
             session
-                .find_objects(&[Attribute::Class(class)])
+                .find_objects(&[Attribute::Class(class), Attribute::Token(true)])
                 .map_err(ck)?,
         );
     }

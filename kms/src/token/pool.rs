@@ -8,13 +8,19 @@
 //! again; "the token is gone" empties the pool, finds the token again by
 //! label (it may come back in another slot) and retries after a pause. A
 //! rejected PIN is never retried: tokens lock the PIN after a few failures.
+//!
+//! Each pooled session carries the session-object copies of token keys made
+//! in it (see `Token::signing_key`); they live and die with the session.
 
+use std::collections::HashMap;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
@@ -49,6 +55,12 @@ fn classify(rv: RvError) -> Fault {
         RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => Fault::Handle,
         _ => Fault::Final,
     }
+}
+
+/// Whether the pool recovers from `rv` (a lost session, login, token or
+/// object handle) rather than report it.
+pub(crate) fn recoverable(rv: RvError) -> bool {
+    classify(rv) != Fault::Final
 }
 
 fn is_pin_rejection(rv: RvError) -> bool {
@@ -91,7 +103,7 @@ struct State {
     /// finalised it under us; sessions of older epochs are forgotten, never
     /// closed (their handle numbers may now belong to new sessions).
     epoch: u64,
-    idle: Vec<Session>,
+    idle: Vec<PooledSession>,
     /// Sessions open in this generation: idle plus leased.
     open: usize,
     /// Set once the token refused our PIN; every later call fails fast.
@@ -106,18 +118,64 @@ pub(crate) struct Pool {
     freed: Condvar,
 }
 
+/// A logged-in session of the pool, with the session-object copies of token
+/// keys made in it. Dereferences to the session.
+pub(crate) struct PooledSession {
+    session: Session,
+    /// Session copies of token private keys, by label.
+    copies: HashMap<String, SessionCopy>,
+}
+
+/// A session-object copy of a token key, made in one session.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionCopy {
+    /// The handle-cache lookup of the token key it was copied from: the copy
+    /// is used only while that lookup is the cached one.
+    pub lookup: u64,
+    /// The copy.
+    pub handle: ObjectHandle,
+}
+
+impl PooledSession {
+    fn new(session: Session) -> Self {
+        Self {
+            session,
+            copies: HashMap::new(),
+        }
+    }
+
+    /// The session copies made in this session, by key label.
+    #[cfg(test)]
+    pub(crate) fn copies(&self) -> &HashMap<String, SessionCopy> {
+        &self.copies
+    }
+
+    /// The session and its copies, borrowed apart.
+    pub(crate) fn split(&mut self) -> (&Session, &mut HashMap<String, SessionCopy>) {
+        (&self.session, &mut self.copies)
+    }
+}
+
+impl Deref for PooledSession {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
 /// A session borrowed from the pool for one operation.
 pub(crate) struct Lease<'a> {
     pool: &'a Pool,
-    session: Option<Session>,
+    session: Option<PooledSession>,
     generation: u64,
     epoch: u64,
 }
 
 impl Lease<'_> {
-    pub(crate) fn session(&self) -> Result<&Session> {
+    pub(crate) fn session(&mut self) -> Result<&mut PooledSession> {
         self.session
-            .as_ref()
+            .as_mut()
             .ok_or(Error::Unreachable("lease used after release"))
     }
 
@@ -190,17 +248,19 @@ impl Pool {
     ///
     /// `op` may run more than once, so it must not have effects outside the
     /// token that a retry would repeat. `on_stale_handles` is called when a
-    /// cached object handle turned out to be stale.
+    /// cached object handle turned out to be stale, or may have: after a lost
+    /// login, as PKCS#11 invalidates handles to private objects on logout and
+    /// destroys private session objects.
     pub(crate) fn run<T>(
         &self,
-        mut op: impl FnMut(&Session) -> Result<T>,
+        mut op: impl FnMut(&mut PooledSession) -> Result<T>,
         on_stale_handles: impl Fn(),
     ) -> Result<T> {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
             let failure = match self.acquire() {
-                Ok(lease) => match op(lease.session()?) {
+                Ok(mut lease) => match op(lease.session()?) {
                     Ok(v) => return Ok(v),
                     Err(Error::Pkcs11 { function, rv }) => {
                         let fault = classify(rv);
@@ -219,6 +279,7 @@ impl Pool {
                                 // Login is per application: one login on this
                                 // session restores every pooled session.
                                 self.login(lease.session()?)?;
+                                on_stale_handles();
                             }
                             Fault::Token => {
                                 let (generation, epoch) = (lease.generation, lease.epoch);
@@ -293,7 +354,7 @@ impl Pool {
                 return match self.open_session(slot) {
                     Ok(session) => Ok(Lease {
                         pool: self,
-                        session: Some(session),
+                        session: Some(PooledSession::new(session)),
                         generation,
                         epoch,
                     }),
@@ -323,7 +384,7 @@ impl Pool {
         }
     }
 
-    fn release(&self, session: Session, generation: u64, epoch: u64, healthy: bool) {
+    fn release(&self, session: PooledSession, generation: u64, epoch: u64, healthy: bool) {
         let mut st = self.lock();
         if generation == st.generation {
             if healthy {
@@ -338,11 +399,11 @@ impl Pool {
         drop(st);
         self.freed.notify_one();
         if same_library {
-            close_quietly(session);
+            close_quietly(session.session);
         }
         // Otherwise the library was re-initialised: the handle is meaningless
         // now and may name someone else's session, so it is simply forgotten
-        // (sessions are opened without close-on-drop).
+        // (sessions are opened without close-on-drop), its copies with it.
     }
 
     /// Empty the pool after a fault, once per generation; with `lost_token`
@@ -369,7 +430,7 @@ impl Pool {
                 tracing::error!(error = %e, "C_Initialize failed");
             }
         } else {
-            stale.into_iter().for_each(close_quietly);
+            stale.into_iter().for_each(|s| close_quietly(s.session));
         }
         self.freed.notify_all();
     }
@@ -464,7 +525,7 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         let idle = std::mem::take(&mut self.lock().idle);
-        idle.into_iter().for_each(close_quietly);
+        idle.into_iter().for_each(|s| close_quietly(s.session));
     }
 }
 
