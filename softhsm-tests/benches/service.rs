@@ -14,7 +14,8 @@
 //!
 //! Against one `kmsctl quickstart` appliance with `token.pool_size = 8`:
 //! 1. the raw token rate: `C_Sign` (`CKM_ECDSA`) with the intermediate CA
-//!    key on 1 session, then on 2 sessions in 2 threads;
+//!    key on 1 session, then on 2 sessions in 2 threads; then the same with
+//!    a session copy of the key in each session, as kmsd's pool signs;
 //! 2. `cfssl serve` (Debian's golang-cfssl: a P-256 CA key in a file, no
 //!    storage, no audit) behind mutual TLS that trusts the same station
 //!    certificate, driven by the same load generator at concurrency 8;
@@ -192,9 +193,11 @@ fn bench() -> bool {
     // 1. Raw token rate, same token, kmsd running (idle).
     let raw = raw_token_rate(&module, &dir, token_secs);
     println!(
-        "raw token C_Sign: 1 session {}/s, 2 sessions {}/s",
+        "raw token C_Sign: 1 session {}/s, 2 sessions {}/s; with session copies of the key {}/s, {}/s",
         thousands(raw.one.rate()),
-        thousands(raw.two.rate())
+        thousands(raw.two.rate()),
+        thousands(raw.copy_one.rate()),
+        thousands(raw.copy_two.rate())
     );
 
     let station_dir = dir.join(STATION);
@@ -380,6 +383,8 @@ fn bench() -> bool {
     let mut rows = vec![
         format!("| raw token ECDSA P-256 C_Sign, 1 session | {}/s | {} in {:.1} s | – | – |", thousands(one), raw.one.count, raw.one.elapsed.as_secs_f64()),
         format!("| raw token ECDSA P-256 C_Sign, 2 sessions, 2 threads | {}/s | {} in {:.1} s | 1 session {}/s | {:.2} |", thousands(raw.two.rate()), raw.two.count, raw.two.elapsed.as_secs_f64(), thousands(one), raw.two.rate() / one),
+        format!("| raw token C_Sign with a session copy of the key, 1 session (as kmsd signs) | {}/s | {} in {:.1} s | token key, 1 session {}/s | {:.2} |", thousands(raw.copy_one.rate()), raw.copy_one.count, raw.copy_one.elapsed.as_secs_f64(), thousands(one), raw.copy_one.rate() / one),
+        format!("| raw token C_Sign with session copies, 2 sessions, 2 threads | {}/s | {} in {:.1} s | token key, 2 sessions {}/s | {:.2} |", thousands(raw.copy_two.rate()), raw.copy_two.count, raw.copy_two.elapsed.as_secs_f64(), thousands(raw.two.rate()), raw.copy_two.rate() / raw.two.rate()),
         format!("| cfssl serve 1.2.0, c=8, keep-alive mTLS (key in a file, no storage, no audit) | {}/s | {} | raw token 1 session {}/s | {:.2} |", thousands(cf_rate), cf.detail(), thousands(one), cf_rate / one),
     ];
     for p in &phases {
@@ -641,6 +646,8 @@ impl Count {
 struct Raw {
     one: Count,
     two: Count,
+    copy_one: Count,
+    copy_two: Count,
 }
 
 /// C_Sign loops on the token kmsd is using: one session, then two sessions
@@ -663,21 +670,54 @@ fn raw_token_rate(module: &Path, dir: &Path, secs: f64) -> Raw {
     let pin = std::fs::read_to_string(dir.join("pin")).expect("DIR/pin");
     let pin = AuthPin::from(pin.trim_end_matches(['\n', '\r']).to_owned());
 
-    let first = pkcs11.open_ro_session(slot).expect("C_OpenSession");
-    // Login is per application: the other sessions share it.
-    match first.login(UserType::User, Some(&pin)) {
+    // Login is per application: the other sessions share it while this
+    // one stays open.
+    let holder = pkcs11.open_ro_session(slot).expect("C_OpenSession");
+    match holder.login(UserType::User, Some(&pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
         Err(e) => panic!("C_Login: {e}"),
     }
+    let deadline = Duration::from_secs_f64(secs);
+    let (one, two) = sign_rates(&pkcs11, slot, false, deadline);
+    let (copy_one, copy_two) = sign_rates(&pkcs11, slot, true, deadline);
+    drop(holder);
+    pkcs11.finalize().expect("C_Finalize");
+    Raw {
+        one,
+        two,
+        copy_one,
+        copy_two,
+    }
+}
+
+/// `C_Sign` on one session, then on two sessions in two threads, with the
+/// intermediate key itself or (`copy`) with a session copy of it in each
+/// session, as kmsd's pool signs.
+fn sign_rates(
+    pkcs11: &Pkcs11,
+    slot: cryptoki::slot::Slot,
+    copy: bool,
+    deadline: Duration,
+) -> (Count, Count) {
+    let open = || {
+        let session = pkcs11.open_ro_session(slot).expect("C_OpenSession");
+        let mut key = intermediate_key(&session);
+        if copy {
+            key = session
+                .copy_object(
+                    key,
+                    &[Attribute::Token(false), Attribute::Label(Vec::new())],
+                )
+                .expect("C_CopyObject");
+        }
+        (session, key)
+    };
     let digest = [0x5au8; 32];
-    let key = intermediate_key(&first);
+    let (first, key) = open();
     let sig = first.sign(&Mechanism::Ecdsa, key, &digest).expect("C_Sign");
     assert_eq!(sig.len(), 64, "a P-256 r||s signature");
-
-    let deadline = Duration::from_secs_f64(secs);
     let one = sign_loop(&first, key, &digest, deadline, None);
-    let second = pkcs11.open_ro_session(slot).expect("C_OpenSession");
-    let second_key = intermediate_key(&second);
+    let (second, second_key) = open();
     let barrier = Barrier::new(2);
     let (a, b) = std::thread::scope(|s| {
         let (barrier, digest) = (&barrier, &digest);
@@ -689,9 +729,7 @@ fn raw_token_rate(module: &Path, dir: &Path, secs: f64) -> Raw {
         count: a.count + b.count,
         elapsed: a.elapsed.max(b.elapsed),
     };
-    // Both sessions are closed (and the login with them).
-    pkcs11.finalize().expect("C_Finalize");
-    Raw { one, two }
+    (one, two)
 }
 
 fn intermediate_key(session: &Session) -> ObjectHandle {
