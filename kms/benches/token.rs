@@ -44,70 +44,45 @@ fn sign_benchmarks(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.measurement_time(Duration::from_secs(5));
 
-    // Bare: one session of our own, the key handle found once, C_Sign in a loop.
-    {
-        let (session, key) = common::bare_session(&token, "bench-key");
-        g.bench_function("bare_c_sign_1_thread", |b| {
-            b.iter(|| session.sign(&Mechanism::Ecdsa, key, &digest).expect("sign"))
-        });
-    }
-
-    // Bare on two threads: a session each, to show what the token itself
-    // allows in parallel.
-    g.bench_function("bare_c_sign_2_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for t in 0..2 {
-                    let token = &token;
-                    let digest = &digest;
-                    let n = iters / 2 + (t as u64) * (iters % 2);
-                    s.spawn(move || {
-                        let (session, key) = common::bare_session(token, "bench-key");
-                        for _ in 0..n {
-                            session.sign(&Mechanism::Ecdsa, key, digest).expect("sign");
-                        }
-                    });
-                }
+    // Bare: one session of our own, the key handle found once, C_Sign in a
+    // loop; on one thread, then on two (a session each: what the token itself
+    // allows in parallel); with the token object, then with a session-object
+    // copy of the key (C_CopyObject, CKA_TOKEN=false) as the pool signs.
+    for (copy, name) in [(false, "bare"), (true, "bare_copy")] {
+        let bare_key = |session: &Session, key: ObjectHandle| {
+            if copy {
+                session_copy(session, key)
+            } else {
+                key
+            }
+        };
+        {
+            let (session, key) = common::bare_session(&token, "bench-key");
+            let key = bare_key(&session, key);
+            g.bench_function(format!("{name}_c_sign_1_thread"), |b| {
+                b.iter(|| session.sign(&Mechanism::Ecdsa, key, &digest).expect("sign"))
             });
-            start.elapsed()
-        })
-    });
-
-    // The same loops with a session-object copy of the key (C_CopyObject,
-    // CKA_TOKEN=false) in place of the token object.
-    {
-        let (session, key) = common::bare_session(&token, "bench-key");
-        let copy = session_copy(&session, key);
-        g.bench_function("bare_copy_c_sign_1_thread", |b| {
-            b.iter(|| {
-                session
-                    .sign(&Mechanism::Ecdsa, copy, &digest)
-                    .expect("sign")
+        }
+        g.bench_function(format!("{name}_c_sign_2_threads"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for t in 0..2 {
+                        let (token, digest, bare_key) = (&token, &digest, &bare_key);
+                        let n = iters / 2 + (t as u64) * (iters % 2);
+                        s.spawn(move || {
+                            let (session, key) = common::bare_session(token, "bench-key");
+                            let key = bare_key(&session, key);
+                            for _ in 0..n {
+                                session.sign(&Mechanism::Ecdsa, key, digest).expect("sign");
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
             })
         });
     }
-
-    g.bench_function("bare_copy_c_sign_2_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for t in 0..2 {
-                    let token = &token;
-                    let digest = &digest;
-                    let n = iters / 2 + (t as u64) * (iters % 2);
-                    s.spawn(move || {
-                        let (session, key) = common::bare_session(token, "bench-key");
-                        let copy = session_copy(&session, key);
-                        for _ in 0..n {
-                            session.sign(&Mechanism::Ecdsa, copy, digest).expect("sign");
-                        }
-                    });
-                }
-            });
-            start.elapsed()
-        })
-    });
 
     g.bench_function("pool_1_thread", |b| {
         b.iter(|| token.sign("bench-key", &message).expect("sign"))
