@@ -372,10 +372,6 @@ impl Log {
         }
         .encode()
         .map_err(|e| Error::Encoding(e.to_string()))?;
-        // Room for the largest sequence number's digits.
-        if tail.len() + 30 > MAX_BODY as usize {
-            return Err(Error::Encoding("record too large".into()));
-        }
         let mut st = self.lock();
         if let Some(why) = &st.failed {
             return Err(Error::Unavailable(why.clone()));

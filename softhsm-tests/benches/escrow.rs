@@ -60,8 +60,8 @@ use store::{Store, Tree, Write};
 
 mod common;
 use common::{
-    command_line, disk_usage, emit_table, fsync_rate, make_devices, median, memory_self, mib,
-    open_appliance, quickstart, require_release_bins, run_child, thousands, OrDie,
+    disk_usage, emit_table, fsync_rate, make_devices, median, memory_self, mib, open_appliance,
+    quickstart, require_release_bins, run_child, thousands, OrDie,
 };
 
 /// The quickstart station, owner of the devices.
@@ -152,39 +152,7 @@ fn blob_count() -> usize {
 }
 
 fn print_header(blobs: usize) {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into());
-    let kmsctl = softhsm_tests::bin("kmsctl");
-    println!("# vBus KMS escrow benchmark");
-    println!(
-        "date: {}",
-        command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-    );
-    println!(
-        "machine: nproc {cpus} ({model}), kernel {}",
-        command_line("uname", &["-r"])
-    );
-    println!(
-        "kmsctl (quickstart): {} (built {})",
-        kmsctl.display(),
-        command_line(
-            "date",
-            &[
-                "-u",
-                "-r",
-                &kmsctl.display().to_string(),
-                "+%Y-%m-%dT%H:%M:%SZ"
-            ]
-        )
-    );
+    common::print_header("escrow", "kmsctl", " (quickstart)");
     println!(
         "PSKs: {SINGLE} from 1 thread, {} from {THREADS} threads; KEK rotation: {} blobs{}, {STEP} per step",
         thousands((THREADS * PER_THREAD) as f64),

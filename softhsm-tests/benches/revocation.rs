@@ -61,9 +61,8 @@ use store::{Store, Tree, Write};
 
 mod common;
 use common::{
-    command_line, disk_usage, emit_table, env_secs, fsync_rate, make_devices, median, memory,
-    memory_self, mib, open_appliance, quickstart, require_release_bins, run_child, thousands,
-    OrDie,
+    disk_usage, emit_table, env_secs, fsync_rate, make_devices, median, memory, memory_self, mib,
+    open_appliance, quickstart, require_release_bins, run_child, thousands, OrDie,
 };
 
 /// Synthetic revocations per store commit.
@@ -159,39 +158,7 @@ fn crl_sizes() -> Vec<usize> {
 }
 
 fn print_header(sizes: &[usize], ocsp_secs: f64) {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into());
-    let kmsd = softhsm_tests::bin("kmsd");
-    println!("# vBus KMS revocation benchmark");
-    println!(
-        "date: {}",
-        command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-    );
-    println!(
-        "machine: nproc {cpus} ({model}), kernel {}",
-        command_line("uname", &["-r"])
-    );
-    println!(
-        "kmsd: {} (built {})",
-        kmsd.display(),
-        command_line(
-            "date",
-            &[
-                "-u",
-                "-r",
-                &kmsd.display().to_string(),
-                "+%Y-%m-%dT%H:%M:%SZ"
-            ]
-        )
-    );
+    common::print_header("revocation", "kmsd", "");
     println!(
         "CRL sizes: {}; OCSP phases {ocsp_secs} s each, {OCSP_THREADS} threads",
         sizes

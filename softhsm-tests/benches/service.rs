@@ -58,8 +58,7 @@ use softhsm_tests::Running;
 mod common;
 use common::load::{self, Connections, Outcome, Target};
 use common::{
-    command_line, emit_table, env_secs, make_device_range, memory, mib, require_release_bins,
-    thousands, Device,
+    emit_table, env_secs, make_device_range, memory, mib, require_release_bins, thousands, Device,
 };
 
 const STATION: &str = "stations/station-01";
@@ -186,7 +185,12 @@ fn bench() -> bool {
     for (k, v) in &module_env {
         std::env::set_var(k, v);
     }
-    print_header(load_secs, token_secs, pid);
+    common::print_header(
+        "issuance",
+        "kmsd",
+        &format!(", pid {pid}, token.pool_size = {POOL_SIZE}"),
+    );
+    println!("phases: load {load_secs} s each, raw token {token_secs} s each");
     let idle = memory(pid);
     println!("kmsd idle: VmRSS {:.1} MiB", mib(idle.0 as f64));
 
@@ -591,43 +595,6 @@ fn token_section(dir: &Path) -> (PathBuf, Vec<(String, String)>) {
         })
         .unwrap_or_default();
     (module, env)
-}
-
-fn print_header(load_secs: f64, token_secs: f64, pid: u32) {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into());
-    let kmsd = softhsm_tests::bin("kmsd");
-    let built = command_line(
-        "date",
-        &[
-            "-u",
-            "-r",
-            &kmsd.display().to_string(),
-            "+%Y-%m-%dT%H:%M:%SZ",
-        ],
-    );
-    println!("# vBus KMS issuance benchmark");
-    println!(
-        "date: {}",
-        command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-    );
-    println!(
-        "machine: nproc {cpus} ({model}), kernel {}",
-        command_line("uname", &["-r"])
-    );
-    println!(
-        "kmsd: {} (built {built}), pid {pid}, token.pool_size = {POOL_SIZE}",
-        kmsd.display()
-    );
-    println!("phases: load {load_secs} s each, raw token {token_secs} s each");
 }
 
 // ---------------------------------------------------------------- token

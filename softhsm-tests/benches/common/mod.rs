@@ -78,6 +78,42 @@ pub fn command_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// The first lines of a bench's output: its title, the date, the machine,
+/// and `binary` (a release binary beside the bench) with its build time
+/// and `about` it.
+pub fn print_header(title: &str, binary: &str, about: &str) {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let path = softhsm_tests::bin(binary);
+    let built = command_line(
+        "date",
+        &[
+            "-u",
+            "-r",
+            &path.display().to_string(),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ],
+    );
+    println!("# vBus KMS {title} benchmark");
+    println!(
+        "date: {}",
+        command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+    );
+    println!(
+        "machine: nproc {cpus} ({model}), kernel {}",
+        command_line("uname", &["-r"])
+    );
+    println!("{binary}: {} (built {built}){about}", path.display());
+}
+
 /// VmRSS and VmHWM of `pid`, kB.
 pub fn memory(pid: u32) -> (u64, u64) {
     memory_of(&format!("/proc/{pid}/status"))
