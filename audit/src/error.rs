@@ -8,7 +8,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// A write or fsync failed; the log is stopped and refuses every append
-    /// until the process restarts and reopens it.
+    /// until the process restarts and reopens it. Except a full file system:
+    /// the refused batch is cut off the file and the log takes records again
+    /// once space returns.
     #[error("audit log unavailable: {0}")]
     Unavailable(String),
     /// The segment ends in an incomplete record (a crash mid-write).
@@ -59,6 +61,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file system the log or the state depends on has less free space
+    /// than the configured reserve: nothing is recorded or done until
+    /// space is freed (no restart needed).
+    #[error(
+        "{path}: {free} bytes free, below the reserve of {reserve}; nothing is recorded or \
+         changed until space is freed"
+    )]
+    LowSpace {
+        /// The directory whose file system is short.
+        path: std::path::PathBuf,
+        /// Bytes available to the service.
+        free: u64,
+        /// The configured reserve.
+        reserve: u64,
+    },
     /// A record could not be encoded (a bug).
     #[error("record encoding: {0}")]
     Encoding(String),
@@ -75,6 +92,7 @@ impl Error {
             Error::Checkpoint(_) => "audit_checkpoint_invalid",
             Error::Signer(_) => "audit_unavailable",
             Error::Io { .. } => "audit_unavailable",
+            Error::LowSpace { .. } => "storage_unavailable",
             Error::Encoding(_) => "internal_error",
         }
     }

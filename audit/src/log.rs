@@ -60,8 +60,16 @@ struct State {
     pending: Vec<u8>,
     pending_head: (u64, [u8; 32]),
     durable: (u64, [u8; 32]),
+    /// Length of the segment file up to the durable head.
+    durable_len: u64,
     writing: bool,
     failed: Option<String>,
+    /// Batches refused for lack of space so far; an appender whose epoch
+    /// is older than this one lost its record if it came after
+    /// `cut_at[its epoch]`.
+    epoch: usize,
+    /// The durable head at the end of each epoch.
+    cut_at: Vec<u64>,
     last_checkpoint: u64,
     appends: u64,
     syncs: u64,
@@ -81,12 +89,20 @@ pub struct Log {
     anchor: Option<Arc<dyn CheckpointAnchor>>,
     /// Told how long each batch write + fdatasync took (metrics).
     sync_observer: std::sync::OnceLock<SyncObserver>,
+    /// Free space kept on the log's file system and the others named.
+    reserve: std::sync::OnceLock<Reserve>,
+}
+
+/// See [`Log::keep_free`].
+struct Reserve {
+    bytes: u64,
+    dirs: Vec<PathBuf>,
 }
 
 /// Receives the duration of each batch write and fdatasync.
 pub type SyncObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_owned(),
         source,
@@ -337,8 +353,15 @@ impl Log {
                 pending: Vec::new(),
                 pending_head: (scan.records, scan.head),
                 durable: (scan.records, scan.head),
+                durable_len: if scan.valid_len == 0 {
+                    MAGIC.len() as u64
+                } else {
+                    scan.valid_len
+                },
                 writing: false,
                 failed: None,
+                epoch: 0,
+                cut_at: Vec::new(),
                 last_checkpoint: newest.map_or(0, |c| c.size),
                 appends: 0,
                 syncs: 0,
@@ -349,6 +372,7 @@ impl Log {
             _lock: lock,
             anchor,
             sync_observer: std::sync::OnceLock::new(),
+            reserve: std::sync::OnceLock::new(),
             opts,
         })
     }
@@ -360,6 +384,7 @@ impl Log {
     /// Append `entry`; returns once it is on disk (fsync), batched with
     /// whatever other threads append at the same time.
     pub fn append(&self, entry: Entry) -> Result<Appended> {
+        self.check_reserve()?;
         // Everything but the sequence number is encoded before the lock:
         // under it, only the splice, the hash and the copy.
         let tail = RecordTail {
@@ -390,7 +415,16 @@ impl Log {
         st.pending.extend_from_slice(&hash);
         st.pending_head = (seq, hash);
         st.appends += 1;
+        let epoch = st.epoch;
         loop {
+            if st.epoch != epoch {
+                // A batch was refused for lack of space since this record
+                // was queued: it was durable before, or it is gone.
+                if seq <= st.cut_at[epoch] {
+                    break;
+                }
+                return Err(Error::Unavailable(NO_SPACE.into()));
+            }
             if st.durable.0 >= seq {
                 break;
             }
@@ -411,11 +445,30 @@ impl Log {
                 }
                 let batch = std::mem::take(&mut st.pending);
                 let head = st.pending_head;
+                let base = st.durable_len;
                 drop(st);
                 let started = std::time::Instant::now();
                 let result = {
                     let mut f = self.segment.lock().unwrap_or_else(|p| p.into_inner());
-                    f.write_all(&batch).and_then(|_| f.sync_data())
+                    match f.write_all(&batch) {
+                        // The file system is full: the kernel took none or
+                        // part of the batch and no fsync happened, so cutting
+                        // the file back to the durable head is safe, and the
+                        // log takes records again once space returns.
+                        Err(e) if is_no_space(&e) => match f.set_len(base) {
+                            Ok(()) => Err(Failure::NoSpace),
+                            Err(t) => Err(Failure::Fatal(format!(
+                                "the audit segment is full ({e}) and cutting back its \
+                                 partial batch failed: {t}"
+                            ))),
+                        },
+                        Err(e) => Err(Failure::Fatal(format!(
+                            "write of the audit segment failed: {e}"
+                        ))),
+                        Ok(()) => f.sync_data().map_err(|e| {
+                            Failure::Fatal(format!("fsync of the audit segment failed: {e}"))
+                        }),
+                    }
                 };
                 if let Some(observe) = self.sync_observer.get() {
                     observe(started.elapsed());
@@ -424,12 +477,25 @@ impl Log {
                 st.writing = false;
                 st.syncs += 1;
                 match result {
-                    Ok(()) => st.durable = head,
+                    Ok(()) => {
+                        st.durable = head;
+                        st.durable_len = base + batch.len() as u64;
+                    }
+                    // This batch and every record queued behind it (they
+                    // chain on it) are dropped; the chain goes on from the
+                    // durable head.
+                    Err(Failure::NoSpace) => {
+                        let durable = st.durable;
+                        st.cut_at.push(durable.0);
+                        st.epoch += 1;
+                        st.pending.clear();
+                        st.pending_head = durable;
+                        st.next_seq = durable.0 + 1;
+                        st.last_hash = durable.1;
+                    }
                     // Never retry: after a failed fsync the kernel may have
                     // dropped the pages, and a later fsync would lie.
-                    Err(e) => {
-                        st.failed = Some(format!("write or fsync of the audit segment failed: {e}"))
-                    }
+                    Err(Failure::Fatal(why)) => st.failed = Some(why),
                 }
                 self.written.notify_all();
                 continue;
@@ -444,6 +510,47 @@ impl Log {
             let _ = self.checkpoint();
         }
         Ok(Appended { seq, hash })
+    }
+
+    /// Refuse every append, from now on, while the log's file system or
+    /// one of `dirs`' (the state the records describe) has less than
+    /// `bytes` free: a record is never written that its effect could not
+    /// follow, and the files never meet a full disk in normal operation
+    /// (a write that does is undone, see [`Log::append`]). Once per log.
+    pub fn keep_free(&self, bytes: u64, dirs: Vec<PathBuf>) {
+        let _ = self.reserve.set(Reserve { bytes, dirs });
+    }
+
+    fn check_reserve(&self) -> Result<()> {
+        let Some(r) = self.reserve.get().filter(|r| r.bytes > 0) else {
+            return Ok(());
+        };
+        for dir in std::iter::once(&self.dir).chain(&r.dirs) {
+            // A directory not made yet lives on its nearest existing parent's.
+            let mut at = dir.as_path();
+            let fs = loop {
+                match rustix::fs::statvfs(at) {
+                    Err(rustix::io::Errno::NOENT) if at.parent().is_some() => {
+                        at = at.parent().unwrap_or(at);
+                    }
+                    other => {
+                        break other.map_err(|e| Error::Io {
+                            path: dir.clone(),
+                            source: e.into(),
+                        })?
+                    }
+                }
+            };
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            if free < r.bytes {
+                return Err(Error::LowSpace {
+                    path: dir.clone(),
+                    free,
+                    reserve: r.bytes,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Appends and write+fsync batches since open: group commit at work
@@ -541,6 +648,26 @@ impl Log {
         scan.refuse_torn()?;
         Ok(n)
     }
+}
+
+/// Why a batch did not become durable.
+enum Failure {
+    /// The file system is full; the segment is back at the durable head.
+    NoSpace,
+    /// Anything else: the log takes no more records until reopened.
+    Fatal(String),
+}
+
+/// Message of a record refused because the audit file system is full.
+const NO_SPACE: &str = "no space left for the audit log; the record was not written \
+                        (free space on its file system; the log takes records again at once)";
+
+/// ENOSPC or EDQUOT: the write can be undone and tried again later.
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

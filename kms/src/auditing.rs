@@ -45,7 +45,7 @@ pub fn open(cfg: &Config, token: &Arc<Token>) -> Result<Log> {
         token: token.clone(),
         label: format!("{}-checkpoint", cfg.audit.key),
     });
-    Ok(Log::open_anchored(
+    let log = Log::open_anchored(
         &cfg.audit.dir,
         Options {
             origin: cfg.audit.origin.clone(),
@@ -53,7 +53,12 @@ pub fn open(cfg: &Config, token: &Arc<Token>) -> Result<Log> {
         },
         Some(signer),
         Some(anchor),
-    )?)
+    )?;
+    log.keep_free(
+        cfg.storage.reserve_mb.saturating_mul(1024 * 1024),
+        vec![cfg.storage.path.clone()],
+    );
+    Ok(log)
 }
 
 /// The newest audit checkpoint, kept in a token data object.

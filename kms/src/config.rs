@@ -193,6 +193,12 @@ pub struct StorageConfig {
     /// whatever a crash took.
     #[serde(default = "defaults::flush_every_ms")]
     pub flush_every_ms: u64,
+    /// Free space (MiB) kept on the file systems of the store and the audit
+    /// log: below it every request is refused with `storage_unavailable`
+    /// (nothing recorded, nothing changed) until space is freed, so neither
+    /// meets a full disk. 0 turns the check off.
+    #[serde(default = "defaults::reserve_mb")]
+    pub reserve_mb: u64,
 }
 
 impl Default for StorageConfig {
@@ -200,6 +206,7 @@ impl Default for StorageConfig {
         Self {
             path: defaults::storage_path(),
             flush_every_ms: defaults::flush_every_ms(),
+            reserve_mb: defaults::reserve_mb(),
         }
     }
 }
@@ -319,6 +326,10 @@ mod defaults {
     }
     pub fn flush_every_ms() -> u64 {
         crate::storage::FLUSH_EVERY_MS
+    }
+
+    pub fn reserve_mb() -> u64 {
+        64
     }
 
     pub fn storage_path() -> PathBuf {

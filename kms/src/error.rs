@@ -405,6 +405,10 @@ impl Error {
             Error::Ca(ca::Error::Signer(inner)) | Error::Ca(ca::Error::Random(inner)) => inner
                 .downcast_ref::<Error>()
                 .map_or("token_error", Error::code),
+            // The journal is the audit log: a full disk says so.
+            Error::Ca(ca::Error::Journal(inner)) => inner
+                .downcast_ref::<audit::Error>()
+                .map_or("audit_unavailable", audit::Error::code),
             Error::Ca(e) => e.code(),
             Error::Store(_) => "storage_unavailable",
             Error::Audit(e) => e.code(),
