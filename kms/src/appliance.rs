@@ -57,6 +57,10 @@ pub struct Appliance {
     pub revocations: Arc<Revocations>,
     /// Approvals are decided one at a time (the quorum is counted once).
     pub(crate) approving: std::sync::Mutex<()>,
+    /// Secret requests for the same device and purpose run one at a time,
+    /// so the loser of a race hears `*_already_issued` before anything is
+    /// recorded as issued.
+    pub(crate) secret_stripes: Stripes,
     chain_pem: String,
 }
 
@@ -222,6 +226,7 @@ impl Appliance {
             metrics,
             revocations,
             approving: std::sync::Mutex::new(()),
+            secret_stripes: Stripes::new(),
             chain_pem,
         })
     }
@@ -553,4 +558,29 @@ pub(crate) fn append_record(store: &dyn Store, module_serial: &str, entry: Value
     Err(Error::Store(store::Error::Corrupt(format!(
         "records of {module_serial} keep changing under us"
     ))))
+}
+
+/// Lock stripes keyed by a string: requests with the same key run one at
+/// a time, others almost never wait on each other.
+pub(crate) struct Stripes(Vec<std::sync::Mutex<()>>);
+
+impl Stripes {
+    const COUNT: usize = 64;
+
+    fn new() -> Self {
+        Self(
+            (0..Self::COUNT)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
+        )
+    }
+
+    /// Hold the stripe of `key`.
+    pub(crate) fn lock(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let stripe = &self.0[(h.finish() as usize) % Self::COUNT];
+        stripe.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }

@@ -440,7 +440,7 @@ impl Error {
             Error::SecretPurposeUnknown { .. } => "secret_purpose_unknown",
             Error::NamedRequesterRequired => "named_requester_required",
             Error::EscrowNotFound { .. } => "escrow_not_found",
-            Error::Escrow(e) => e.code(),
+            Error::Escrow(e) => token_outage(e).map_or_else(|| e.code(), Error::code),
             Error::Unreachable(_) => "internal_error",
         }
     }
@@ -487,6 +487,9 @@ impl Error {
             | Error::SecretAlreadyIssued { .. } => 409,
             Error::SecretPurposeUnknown { .. } | Error::EscrowNotFound { .. } => 404,
             Error::NamedRequesterRequired => 403,
+            Error::Escrow(e) if token_outage(e).is_some() => {
+                token_outage(e).map_or(503, Error::http_status)
+            }
             Error::Escrow(escrow::Error::Purpose(_) | escrow::Error::RecipientKey(_)) => 400,
             Error::Escrow(_) => 500,
             Error::Denied(d) => match d.code {
@@ -511,6 +514,25 @@ impl Error {
             Error::Denied(d) => d.retry_after,
             _ => None,
         }
+    }
+}
+
+/// The token's own error behind an escrow key-wrapper failure when the
+/// token was out of reach (unavailable after the retries, no free session,
+/// too slow, PIN refused): the caller hears that, a 503 worth retrying, and
+/// not `escrow_wrapper_failed`, which says the sealing itself went wrong.
+fn token_outage(e: &escrow::Error) -> Option<&Error> {
+    match e {
+        escrow::Error::Wrapper(inner) => inner.downcast_ref::<Error>().filter(|t| {
+            matches!(
+                t,
+                Error::TokenUnavailable { .. }
+                    | Error::PoolExhausted { .. }
+                    | Error::TokenTimeout { .. }
+                    | Error::PinRejected { .. }
+            )
+        }),
+        _ => None,
     }
 }
 
@@ -566,5 +588,30 @@ mod tests {
             "CKR_SESSION_HANDLE_INVALID"
         );
         assert_eq!(fn_name(&Function::UnwrapKey), "C_UnwrapKey");
+    }
+
+    /// Regression (softhsm-tests/tests/token_faults.rs): a PSK whose sealing
+    /// met a token outage was answered 500 `escrow_wrapper_failed`.
+    #[test]
+    fn a_token_outage_while_sealing_is_token_unavailable_not_a_broken_seal() {
+        let outage = Error::Escrow(escrow::Error::Wrapper(Box::new(Error::PoolExhausted {
+            size: 1,
+            waited_ms: 300,
+        })));
+        assert_eq!(
+            (outage.code(), outage.http_status()),
+            ("token_unavailable", 503)
+        );
+        let broken = Error::Escrow(escrow::Error::Wrapper(Box::new(
+            Error::IntegrityCheckFailed {
+                function: Function::Decrypt,
+            },
+        )));
+        assert_eq!(
+            (broken.code(), broken.http_status()),
+            ("escrow_wrapper_failed", 500)
+        );
+        let mismatch = Error::Escrow(escrow::Error::SealVerify);
+        assert_eq!(mismatch.code(), "escrow_wrapper_failed");
     }
 }

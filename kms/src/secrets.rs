@@ -182,15 +182,23 @@ impl Appliance {
         previous: Option<Vec<u8>>,
         extra: Value,
     ) -> Result<EscrowRecord> {
-        let record = EscrowRecord::seal(
-            &self.sealing_wrapper()?,
-            serial,
-            purpose,
-            kind,
-            secret,
-            caller.name(),
-            now(),
-        )?;
+        // Every failure leaves a record: before the "ok" record a refusal,
+        // after it one saying the issuance did not take effect.
+        let sealed = self.sealing_wrapper().and_then(|w| {
+            Ok(EscrowRecord::seal(
+                &w,
+                serial,
+                purpose,
+                kind,
+                secret,
+                caller.name(),
+                now(),
+            )?)
+        });
+        let record = match sealed {
+            Ok(r) => r,
+            Err(e) => return self.refuse(caller, ISSUE_OP, serial, e),
+        };
         let mut details = json!({
             "purpose": purpose, "fingerprint": record.fingerprint,
             "kek_version": record.blob.kek_version, "rotation": previous.is_some(),
@@ -205,13 +213,18 @@ impl Appliance {
             expected: previous,
             value: to_json(&record)?,
         };
-        self.store
-            .commit(&[write])?
-            .map_err(|_| Error::SecretAlreadyIssued {
+        let committed = match self.store.commit(&[write]) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_conflict)) => Err(Error::SecretAlreadyIssued {
                 serial: serial.into(),
                 purpose: purpose.into(),
-            })?;
-        Ok(record)
+            }),
+            Err(e) => Err(e.into()),
+        };
+        match committed {
+            Ok(()) => Ok(record),
+            Err(e) => self.refuse(caller, ISSUE_OP, serial, e),
+        }
     }
 
     /// A PSK (`purpose` `psk`) or a profile's AES-256 key for a device the
@@ -224,11 +237,15 @@ impl Appliance {
         purpose: &str,
     ) -> Result<(Zeroizing<Vec<u8>>, EscrowRecord)> {
         let subject: String = serial.chars().take(64).collect();
+        let _one_at_a_time = self.secret_stripes.lock(&record_key(serial, purpose));
         let previous = match self.admit_secret(caller, serial, purpose) {
             Ok(p) => p,
             Err(e) => return self.refuse(caller, ISSUE_OP, &subject, e),
         };
-        let secret = Zeroizing::new(self.token.random(32)?);
+        let secret = match self.token.random(32) {
+            Ok(s) => Zeroizing::new(s),
+            Err(e) => return self.refuse(caller, ISSUE_OP, &subject, e),
+        };
         let kind = if purpose == "psk" {
             SecretKind::Psk
         } else {
@@ -274,6 +291,7 @@ impl Appliance {
         hw_uuid: &str,
     ) -> Result<(Zeroizing<String>, crate::appliance::IssuedView)> {
         let subject: String = serial.chars().take(64).collect();
+        let _one_at_a_time = self.secret_stripes.lock(&record_key(serial, "keypair"));
         let previous = match self
             .admit_secret(caller, serial, "keypair")
             .or_else(|e| match e {
@@ -292,7 +310,10 @@ impl Appliance {
             Ok(p) => p,
             Err(e) => return self.refuse(caller, ISSUE_OP, &subject, e),
         };
-        let (scalar, _public) = self.token.generate_device_p256()?;
+        let (scalar, _public) = match self.token.generate_device_p256() {
+            Ok(k) => k,
+            Err(e) => return self.refuse(caller, ISSUE_OP, &subject, e),
+        };
         let key = p256::SecretKey::from_slice(&scalar).map_err(|_| {
             Error::TokenProtocol("the token's P-256 private value is invalid".into())
         })?;

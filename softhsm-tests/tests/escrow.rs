@@ -595,3 +595,38 @@ fn an_expired_recovery_request_takes_no_approval_and_recovers_nothing() {
     assert_eq!(state["state"], "pending");
     assert!(state["result"].is_null());
 }
+
+#[test]
+fn concurrent_requests_for_one_psk_give_one_secret_and_one_record() {
+    let mut a = Running::start();
+    let serial = "VBUS-CPU-2412-000077";
+    provision(&a, serial, 77);
+    let path = format!("/v1/devices/{serial}/psk");
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| a.curl(Some(STATION), &path, &["-X", "POST"])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let given: Vec<_> = answers.iter().filter(|(s, _)| *s == 201).collect();
+    assert_eq!(given.len(), 1, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 201) {
+        assert_eq!(*status, 409, "{body}");
+        assert_eq!(json(body)["error"]["code"], "psk_already_issued", "{body}");
+    }
+    a.stop();
+    // The log tells the same story: one secret issued, seven refusals.
+    let log = ok(a.kmsctl(&["audit", "show"]));
+    let results: Vec<String> = log
+        .lines()
+        .map(json)
+        .filter(|r| r["op"] == "secret.issue" && r["subject"] == serial)
+        .map(|r| r["result"].as_str().unwrap().to_owned())
+        .collect();
+    let issued = results.iter().filter(|r| *r == "ok").count();
+    let refused = results
+        .iter()
+        .filter(|r| *r == "psk_already_issued")
+        .count();
+    assert_eq!((issued, refused), (1, 7), "{results:?}");
+}
