@@ -827,3 +827,50 @@ fn a_refused_pin_is_never_presented_again_until_restart() {
     assert_signed_by_token(&f.a, &[e1, e2]);
     f.stop_and_verify_audit();
 }
+
+#[test]
+fn sigterm_does_not_wait_for_a_token_call_that_does_not_return() {
+    const DELAY_MS: u64 = 30_000;
+    let mut f = Faulty::start(Settings {
+        pool_size: 4,
+        acquire_timeout_ms: 2000,
+    });
+    f.a.stop();
+    edit_file(
+        &f.a.dir.join("kmsd.toml"),
+        "[server]\n",
+        "[server]\nshutdown_grace_ms = 500\n",
+    );
+    f.a.restart();
+    let st = f.station();
+    let d = device(f.a.tmp.path(), "CPU", 40);
+    f.plan(&format!("C_Sign delay_ms={DELAY_MS} count=1\n"));
+    std::thread::scope(|s| {
+        let stuck = s.spawn(|| d.enroll(&st));
+        // Wait until the request is inside the slow C_Sign.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f.injected().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the request never reached C_Sign"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let t = Instant::now();
+        let status = f.a.stop();
+        let took = t.elapsed();
+        // The grace period, the final checkpoint and the exit: far less
+        // than the token call still under way.
+        assert!(took < Duration::from_millis(DELAY_MS / 3), "{took:?}");
+        assert!(status.success(), "{status:?}");
+        assert!(
+            stuck.join().unwrap().is_err(),
+            "the stuck request was answered"
+        );
+    });
+    // Nothing was issued, and the log is whole.
+    f.clear();
+    let v = json(&ok(f.a.kmsctl(&["--json", "audit", "verify"])));
+    assert_eq!(v["records"], v["checkpointed"], "{v}");
+    assert!(results(&f.audit(), "certificate.issue", &d.serial).is_empty());
+}

@@ -102,6 +102,12 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let outcome = runtime.block_on(serve(app.clone(), tls));
+    // A token call that never returns must not keep kmsd from stopping:
+    // requests still inside one after the grace period are abandoned
+    // (their answer could not be sent anyway).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(
+        app.cfg.server.shutdown_grace_ms,
+    ));
     app.revocations.stop();
     let _ = publisher.join();
     // Whatever ended the service, say so in the log and seal it.
