@@ -26,6 +26,12 @@ if [ "${1:-}" = "--test" ] && ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+# cargo-deny, for deploy/check-deny.sh (licences, duplicates, sources,
+# advisories). Built once (a few minutes); afterwards this is a version check.
+if [ "${1:-}" = "--test" ] && ! cargo deny --version >/dev/null 2>&1; then
+  echo "installing cargo-deny"
+  cargo install --locked cargo-deny --version '~0.20'
+fi
 
 # MCUboot's imgtool (PyPI), for the firmware interoperability test: in its
 # own virtual environment, never in the system's Python.

@@ -580,4 +580,199 @@ pin_file = "pin"
             assert!(err.contains(want), "{edit}: got {err}");
         }
     }
+
+    /// The shipped example, `deploy/kmsd.example.toml`.
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kmsd.example.toml")
+    }
+
+    /// The keys the config structs accept in `section` ("" for the top
+    /// level), as serde lists them when it refuses an unknown one: every
+    /// struct here has `deny_unknown_fields`, so this follows the structs
+    /// themselves and needs no list kept by hand.
+    fn known_keys(section: &str) -> Vec<String> {
+        const PROBE: &str = "zz_probe";
+        let token = "[token]\nmodule = \"m\"\nlabel = \"l\"\npin_file = \"p\"\n";
+        let text = match section {
+            "" => format!("{token}[{PROBE}]\n"),
+            "token" => format!("{token}{PROBE} = 1\n"),
+            s => format!("{token}[{s}]\n{PROBE} = 1\n"),
+        };
+        let err = match toml::from_str::<Config>(&text) {
+            Ok(_) => panic!("[{section}] accepted an unknown key: not a struct?"),
+            Err(e) => e.to_string(),
+        };
+        let marker = format!("unknown field `{PROBE}`, expected ");
+        let at = err
+            .find(&marker)
+            .unwrap_or_else(|| panic!("[{section}]: unexpected error {err}"));
+        let keys: Vec<String> = err[at + marker.len()..]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        assert!(!keys.is_empty(), "[{section}]: no keys in {err}");
+        keys
+    }
+
+    /// A commented-out key line (`# key = value`): its key and the line
+    /// without the `#`.
+    fn commented_key(line: &str) -> Option<(String, String)> {
+        let rest = line.strip_prefix('#')?.trim_start();
+        let (key, _) = rest.split_once('=')?;
+        let key = key.trim();
+        let is_key = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        // Prose with an '=' in it is not a key: the line must be valid TOML.
+        (is_key && rest.parse::<toml::Table>().is_ok()).then(|| (key.to_owned(), rest.to_owned()))
+    }
+
+    /// The documented default in a key's comment block: the TOML value after
+    /// "Default:" (up to a parenthesis or the end of the sentence), or None
+    /// when the default is described in words ("unset", "empty", ...).
+    fn documented_default(doc: &str) -> Option<String> {
+        let (_, after) = doc.split_once("Default:")?;
+        let value = after
+            .split(" (")
+            .next()?
+            .split(". ")
+            .next()?
+            .trim()
+            .trim_end_matches('.');
+        format!("v = {value}")
+            .parse::<toml::Table>()
+            .is_ok()
+            .then(|| value.to_owned())
+    }
+
+    /// Every key the config structs know is in the example, active or as a
+    /// `# key = value` line, each under a comment that gives its default;
+    /// every default written as a value is the real one; the example loads
+    /// with the real loader, and so does it with every commented key
+    /// switched on (so those are real keys with values of the right type).
+    #[test]
+    fn example_config_lists_every_key_with_its_default() {
+        let path = example_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+
+        // Walk the file: (section, key) -> its comment block.
+        let mut documented: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut uncommented = String::new();
+        let mut section = String::new();
+        let mut doc = String::new();
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            let mut found = None;
+            if let Some(header) = line.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                // A nested table (`[token.module_env]`) is a key of its parent.
+                if let Some((parent, key)) = header.rsplit_once('.') {
+                    found = Some((parent.to_owned(), key.to_owned()));
+                }
+                section = header.to_owned();
+                uncommented.push_str(line);
+            } else if let Some((key, active)) = commented_key(line) {
+                found = Some((section.clone(), key));
+                uncommented.push_str(&active);
+            } else if let Some(prose) = line.strip_prefix('#') {
+                doc.push(' ');
+                doc.push_str(prose.trim());
+                uncommented.push_str(line);
+                uncommented.push('\n');
+                continue;
+            } else if let Some((key, _)) = line.split_once('=') {
+                found = Some((section.clone(), key.trim().to_owned()));
+                uncommented.push_str(line);
+            } else {
+                uncommented.push_str(line);
+            }
+            uncommented.push('\n');
+            if let Some(k) = found {
+                let block = std::mem::take(&mut doc);
+                // Keys inside a free-form map (module_env's variables) are
+                // not config keys: their table's header carries the doc.
+                if section == "token.module_env" && k.0 == section {
+                    continue;
+                }
+                assert!(
+                    block.contains("Default:") || block.to_lowercase().contains("required"),
+                    "line {}: `{}` has no comment giving its default",
+                    n + 1,
+                    k.1
+                );
+                assert!(
+                    documented.insert(k.clone(), block).is_none(),
+                    "line {}: [{}] {} listed twice",
+                    n + 1,
+                    k.0,
+                    k.1
+                );
+            } else {
+                doc.clear();
+            }
+        }
+
+        // Both ways: every known key documented, every documented key known.
+        let mut known = Vec::new();
+        for section in known_keys("") {
+            for key in known_keys(&section) {
+                known.push((section.clone(), key));
+            }
+        }
+        for k in &known {
+            assert!(
+                documented.contains_key(k),
+                "{} lacks [{}] {}",
+                path.display(),
+                k.0,
+                k.1
+            );
+        }
+        for k in documented.keys() {
+            assert!(known.contains(k), "[{}] {} is not a config key", k.0, k.1);
+        }
+        let all_on: Config = toml::from_str(&uncommented)
+            .unwrap_or_else(|e| panic!("the example with every key switched on: {e}"));
+        assert!(all_on.token.pin_env.is_some() && all_on.ca.profiles.is_some());
+
+        // The defaults written as values are the real defaults: setting a key
+        // to its documented default changes nothing.
+        let token = "[token]\nmodule = \"m\"\nlabel = \"l\"\npin_file = \"p\"\n";
+        let base = format!("{:?}", Config::parse(token, Path::new("/b")).unwrap());
+        let mut in_words = Vec::new();
+        for ((section, key), block) in &documented {
+            let Some(value) = documented_default(block) else {
+                in_words.push(format!("{section}.{key}"));
+                continue;
+            };
+            let text = if section == "token" {
+                format!("{token}{key} = {value}\n")
+            } else {
+                format!("{token}[{section}]\n{key} = {value}\n")
+            };
+            let with = Config::parse(&text, Path::new("/b"))
+                .unwrap_or_else(|e| panic!("[{section}] {key} = {value}: {e}"));
+            assert!(
+                format!("{with:?}") == base,
+                "[{section}] {key}: the documented default {value} is not the default"
+            );
+        }
+        // Only these have a default that is not a plain value.
+        assert_eq!(
+            in_words,
+            [
+                "ca.profiles",
+                "ca.publication_url",
+                "policy.file",
+                "token.label",
+                "token.module",
+                "token.module_env",
+                "token.pin_env",
+                "token.pin_file",
+            ],
+        );
+    }
 }
