@@ -10,17 +10,21 @@
 //! - [`note`]: checkpoints as C2SP signed notes, signed through
 //!   [`CheckpointSigner`] (an Ed25519 token key in the appliance).
 //! - [`verify`]: the offline verifier of the JSON-lines export.
+//! - [`export_upto`] and [`LogWriter`]: a bounded copy of the log as export
+//!   lines while it stays open (a backup), and a log rebuilt from one (a restore).
 //!
 //! Pure crate: no PKCS#11, no HTTP.
 
 #![forbid(unsafe_code)]
 
+mod copy;
 mod error;
 mod log;
 pub mod note;
 mod record;
 pub mod verify;
 
+pub use copy::{export_upto, LogWriter};
 pub use error::{Error, Result};
 pub use log::{
     for_each_record, repair, Appended, Log, Options, RepairReport, CHECKPOINT_FILE, SEGMENT_FILE,

@@ -21,11 +21,11 @@ use crate::{CheckpointAnchor, CheckpointSigner};
 pub const SEGMENT_FILE: &str = "audit.seg";
 /// The checkpoint file's name.
 pub const CHECKPOINT_FILE: &str = "checkpoints.seg";
-const MAGIC: &[u8; 8] = b"VBUSAUD1";
+pub(crate) const MAGIC: &[u8; 8] = b"VBUSAUD1";
 /// The lock file that keeps a second writer out.
 const LOCK_FILE: &str = "lock";
 /// Largest record body accepted (a record carrying a certificate is ~2 KiB).
-const MAX_BODY: u32 = 1 << 20;
+pub(crate) const MAX_BODY: u32 = 1 << 20;
 
 /// How the log behaves.
 #[derive(Clone, Debug)]
@@ -142,6 +142,16 @@ impl Scan {
 /// Read every record, checking the chain; `visit(seq, body, hash)` sees each.
 pub(crate) fn scan(
     path: &Path,
+    visit: impl FnMut(u64, &[u8], &[u8; 32]) -> Result<()>,
+) -> Result<Scan> {
+    scan_upto(path, u64::MAX, visit)
+}
+
+/// [`scan`] stopping after record `limit`: whatever follows it (records a
+/// writer is appending meanwhile, or a torn tail) is not read.
+pub(crate) fn scan_upto(
+    path: &Path,
+    limit: u64,
     mut visit: impl FnMut(u64, &[u8], &[u8; 32]) -> Result<()>,
 ) -> Result<Scan> {
     let file = match File::open(path) {
@@ -178,7 +188,7 @@ pub(crate) fn scan(
     let mut body = Vec::new();
     loop {
         let rest = total - offset;
-        if rest == 0 {
+        if rest == 0 || seq >= limit {
             break;
         }
         let torn = Scan {
@@ -624,24 +634,17 @@ impl Log {
         };
         let scan = scan(&path, |seq, body, hash| {
             if seq >= from {
-                let text = std::str::from_utf8(body).map_err(|_| Error::Tampered {
-                    seq,
-                    reason: "body is not UTF-8".into(),
-                })?;
-                // Keys in the order DESIGN.md shows them (serde_json's map
-                // would sort them).
-                let body =
-                    serde_json::to_string(text).map_err(|e| Error::Encoding(e.to_string()))?;
-                writeln!(
-                    out,
-                    "{{\"seq\":{seq},\"body\":{body},\"hash\":\"{}\"}}",
-                    hex::encode(hash)
-                )
-                .map_err(w)?;
+                if std::str::from_utf8(body).is_err() {
+                    return Err(Error::Tampered {
+                        seq,
+                        reason: "body is not UTF-8".into(),
+                    });
+                }
+                write_export_record(out, seq, body, hash).map_err(w)?;
                 n += 1;
             }
             for note in notes.get(&seq).into_iter().flatten() {
-                writeln!(out, "{}", serde_json::json!({ "checkpoint": note })).map_err(w)?;
+                write_export_checkpoint(out, note).map_err(w)?;
             }
             Ok(())
         })?;
@@ -670,7 +673,35 @@ fn is_no_space(e: &std::io::Error) -> bool {
     )
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+/// One record line of the export: `{"seq":n,"body":"<JSON text>","hash":"<hex>"}`.
+pub(crate) fn write_export_record(
+    out: &mut dyn Write,
+    seq: u64,
+    body: &[u8],
+    hash: &[u8; 32],
+) -> std::io::Result<()> {
+    let text = std::str::from_utf8(body).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("audit record {seq}: body is not UTF-8"),
+        )
+    })?;
+    // Keys in the order DESIGN.md shows them (serde_json's map would sort
+    // them).
+    let body = serde_json::to_string(text).map_err(std::io::Error::other)?;
+    writeln!(
+        out,
+        "{{\"seq\":{seq},\"body\":{body},\"hash\":\"{}\"}}",
+        hex::encode(hash)
+    )
+}
+
+/// One checkpoint line of the export: `{"checkpoint":"<note>"}`.
+pub(crate) fn write_export_checkpoint(out: &mut dyn Write, note: &str) -> std::io::Result<()> {
+    writeln!(out, "{}", serde_json::json!({ "checkpoint": note }))
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 

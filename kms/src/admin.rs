@@ -336,11 +336,153 @@ fn to_json<T: Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v).map_err(|_| Error::Unreachable("answer to JSON"))
 }
 
-/// The admin router: one endpoint taking a [`Request`].
+/// The admin router: one endpoint taking a [`Request`], and the backup
+/// stream (only here: the API's `/v1/admin` has no backup).
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/admin", post(handle))
+        .route(BACKUP_PATH, post(backup))
         .with_state(state)
+}
+
+/// Where `kmsctl backup` asks a running `kmsd` for the archive.
+pub const BACKUP_PATH: &str = "/v1/admin/backup";
+
+/// Body of a backup request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// The archive's file name on the caller's side, for the audit record.
+    #[serde(default)]
+    pub out: Option<String>,
+}
+
+/// Bytes per chunk of the backup stream.
+const BACKUP_CHUNK: usize = 256 * 1024;
+
+/// The archive of [`crate::backup::create`], streamed as it is written:
+/// `kmsctl` writes it to its file. An error before the first byte is an
+/// ordinary error answer; one after it cuts the stream (the client sees an
+/// unfinished chunked body, and the archive has no end line).
+async fn backup(
+    State(st): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<PeerUid>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !matches!(peer.0, Some(uid) if uid == 0 || Some(uid) == own_uid()) {
+        tracing::warn!(uid = ?peer.0, "admin socket: peer refused");
+        return error_response(&Error::InvalidInput(
+            "the admin socket serves the service's own user and root only".into(),
+        ));
+    }
+    let who = caller(&headers, peer);
+    let req: BackupRequest = if body.is_empty() {
+        BackupRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error_response(&Error::MalformedRequest(format!("backup request: {e}")))
+            }
+        }
+    };
+    tracing::info!(actor = who.name(), uid = ?peer.0, "admin request: backup");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes>>(8);
+    let app = st.app.clone();
+    let name = req.out.unwrap_or_else(|| "-".into());
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(BACKUP_CHUNK),
+        };
+        if let Err(e) = crate::backup::create(&app, &who, true, &name, &mut out) {
+            tracing::error!(error = %e, "backup failed");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    match rx.recv().await {
+        Some(Ok(first)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+            axum::body::Body::new(ChannelBody {
+                first: Some(first),
+                rx,
+            }),
+        )
+            .into_response(),
+        Some(Err(e)) => error_response(&e),
+        None => error_response(&Error::Unreachable("the backup ended without a word")),
+    }
+}
+
+/// Hands what the backup writes to the response, chunk by chunk.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = axum::body::Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(BACKUP_CHUNK),
+        ));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client stopped reading the backup",
+            )
+        })
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BACKUP_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+/// A response body fed by [`ChannelWriter`].
+struct ChannelBody {
+    first: Option<axum::body::Bytes>,
+    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes>>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+    {
+        use std::task::Poll;
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk)))),
+            // Cut the stream: the client must not take it for a whole archive.
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Bind the socket at `path`: a stale socket file from a killed process is
@@ -475,10 +617,23 @@ impl<'a> Client<'a> {
     /// One HTTP request, `Connection: close`.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Reply> {
         let sock = self.path;
+        let mut stream = self.open(method, path, body, Duration::from_secs(60))?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).map_err(io(sock))?;
+        parse_reply(&raw)
+    }
+
+    /// Connect and send one request; the stream to read the answer from.
+    fn open(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<UnixStream> {
+        let sock = self.path;
         let mut stream = UnixStream::connect(sock).map_err(io(sock))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(io(sock))?;
+        stream.set_read_timeout(Some(timeout)).map_err(io(sock))?;
         let body = body.map(Value::to_string).unwrap_or_default();
         let actor = crate::auditing::local_actor();
         let request = format!(
@@ -487,9 +642,136 @@ impl<'a> Client<'a> {
             body.len()
         );
         stream.write_all(request.as_bytes()).map_err(io(sock))?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(io(sock))?;
-        parse_reply(&raw)
+        Ok(stream)
+    }
+
+    /// Ask the running `kmsd` for a backup and copy the archive it streams
+    /// into `out`: `Reply::Ok({"bytes": n})`, or its refusal. A stream that
+    /// stops early is an error (and the archive would lack its end line).
+    pub fn backup(&self, req: &BackupRequest, out: &mut dyn Write) -> Result<Reply> {
+        let sock = self.path;
+        let body =
+            serde_json::to_value(req).map_err(|_| Error::Unreachable("backup request to JSON"))?;
+        // The store snapshot and the checkpoint come before the first byte.
+        let stream = self.open("POST", BACKUP_PATH, Some(&body), Duration::from_secs(600))?;
+        let mut r = std::io::BufReader::new(stream);
+        let head = read_head(&mut r).map_err(io(sock))?;
+        if !(200..300).contains(&head.status) {
+            let mut raw = Vec::new();
+            copy_body(&mut r, &head, &mut raw, 1 << 20).map_err(io(sock))?;
+            let reply = format!("HTTP/1.1 {} -\r\n\r\n", head.status).into_bytes();
+            return parse_reply(&[reply, raw].concat());
+        }
+        let n = copy_body(&mut r, &head, out, u64::MAX).map_err(io(sock))?;
+        Ok(Reply::Ok(json!({ "bytes": n })))
+    }
+}
+
+/// Status and framing of an HTTP/1.1 answer.
+struct Head {
+    status: u16,
+    chunked: bool,
+    length: Option<u64>,
+}
+
+fn read_head(r: &mut impl std::io::BufRead) -> std::io::Result<Head> {
+    use std::io::BufRead as _;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut line = String::new();
+    let mut head = Head {
+        status: 0,
+        chunked: false,
+        length: None,
+    };
+    for n in 0..100 {
+        line.clear();
+        if r.by_ref().take(8192).read_line(&mut line)? == 0 {
+            return Err(bad("the answer ends inside its header"));
+        }
+        let l = line.trim_end();
+        if n == 0 {
+            head.status = l
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad("no HTTP status"))?;
+            continue;
+        }
+        if l.is_empty() {
+            return Ok(head);
+        }
+        if let Some((name, value)) = l.split_once(':') {
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if name == "transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
+                head.chunked = true;
+            } else if name == "content-length" {
+                head.length = value.parse().ok();
+            }
+        }
+    }
+    Err(bad("an HTTP header of more than 100 lines"))
+}
+
+/// Copy the body after `head` into `out` (at most `limit` bytes); its size.
+fn copy_body(
+    r: &mut impl std::io::BufRead,
+    head: &Head,
+    out: &mut dyn Write,
+    limit: u64,
+) -> std::io::Result<u64> {
+    use std::io::BufRead as _;
+    let early = || {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "kmsd ended the answer early (see its log)",
+        )
+    };
+    let too_big = || std::io::Error::new(std::io::ErrorKind::InvalidData, "answer too large");
+    if !head.chunked {
+        let want = head.length.unwrap_or(u64::MAX).min(limit);
+        let n = std::io::copy(&mut r.by_ref().take(want), out)?;
+        if head.length.is_some_and(|l| n < l) {
+            return Err(early());
+        }
+        return Ok(n);
+    }
+    let mut total = 0u64;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.by_ref().take(1024).read_line(&mut line)? == 0 {
+            return Err(early());
+        }
+        let size = line.trim_end().split(';').next().unwrap_or("").trim();
+        let size = u64::from_str_radix(size, 16)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            // Trailer lines, then the blank line.
+            loop {
+                line.clear();
+                if r.by_ref().take(8192).read_line(&mut line)? == 0 {
+                    return Err(early());
+                }
+                if line.trim_end().is_empty() {
+                    return Ok(total);
+                }
+            }
+        }
+        if total.saturating_add(size) > limit {
+            return Err(too_big());
+        }
+        if std::io::copy(&mut r.by_ref().take(size), out)? < size {
+            return Err(early());
+        }
+        total += size;
+        let mut crlf = [0u8; 2];
+        r.read_exact(&mut crlf).map_err(|_| early())?;
+        if &crlf != b"\r\n" {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "chunk not followed by CRLF",
+            ));
+        }
     }
 }
 

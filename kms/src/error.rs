@@ -371,6 +371,75 @@ pub enum Error {
     #[error("a request that needs approvals must come from a named officer: use kmsctl --url with your officer credential")]
     NamedRequesterRequired,
 
+    /// A backup archive is damaged: its SHA-256 does not match, it is
+    /// truncated, or a line is not what the format says.
+    #[error("backup archive damaged: {0}")]
+    BackupCorrupt(String),
+
+    /// A backup archive of a format version this `kmsctl` does not read.
+    #[error(
+        "backup archive format version {found} is not supported (this kmsctl reads version \
+         {supported}); restore it with the kmsctl that made it or a newer one"
+    )]
+    BackupVersionUnsupported {
+        /// The archive's version.
+        found: u64,
+        /// The version this build writes and reads.
+        supported: u64,
+    },
+
+    /// A restore would write over an appliance's state.
+    #[error(
+        "{path} is not empty: restore writes only onto a fresh appliance (move it away, or \
+         pass --replace-existing to have it renamed aside)"
+    )]
+    RestoreTargetNotEmpty {
+        /// The store, audit or CA path that holds something.
+        path: PathBuf,
+    },
+
+    /// The token does not hold the keys the backup was made with.
+    #[error(
+        "token {token:?} does not hold the keys of the backup: {problems}; bring the token \
+         over with the HSM's own backup or cloning (for SoftHSM2, copy its token directory)"
+    )]
+    TokenManifestMismatch {
+        /// Token label.
+        token: String,
+        /// What is missing or different, key by key.
+        problems: String,
+    },
+
+    /// The backup's log ends before a checkpoint someone kept: restoring it
+    /// would lose records.
+    #[error(
+        "backup is older than {witness}: it holds {backup} audit records, the checkpoint \
+         covers {checkpoint}, so records {first_lost}..{checkpoint} would be lost; restore a \
+         newer backup, or pass --accept-rollback to accept the loss (it is recorded)",
+        first_lost = backup + 1
+    )]
+    BackupRolledBack {
+        /// Whose checkpoint: the officers' file or the token's own.
+        witness: String,
+        /// Records in the backup.
+        backup: u64,
+        /// Records the checkpoint covers.
+        checkpoint: u64,
+    },
+
+    /// The backup's log differs from a checkpoint someone kept: another
+    /// history (a fork).
+    #[error(
+        "backup's audit log differs from {witness} at record {at}: another history (a fork); \
+         pass --accept-rollback only if this backup is the history to keep (it is recorded)"
+    )]
+    BackupForked {
+        /// Whose checkpoint.
+        witness: String,
+        /// The record where the histories differ (the checkpoint's size).
+        at: u64,
+    },
+
     /// A broken internal invariant; a bug, reported instead of panicking.
     #[error("internal error: {0}")]
     Unreachable(&'static str),
@@ -441,6 +510,12 @@ impl Error {
             Error::NamedRequesterRequired => "named_requester_required",
             Error::EscrowNotFound { .. } => "escrow_not_found",
             Error::Escrow(e) => token_outage(e).map_or_else(|| e.code(), Error::code),
+            Error::BackupCorrupt(_) => "backup_corrupt",
+            Error::BackupVersionUnsupported { .. } => "backup_version_unsupported",
+            Error::RestoreTargetNotEmpty { .. } => "restore_target_not_empty",
+            Error::TokenManifestMismatch { .. } => "token_manifest_mismatch",
+            Error::BackupRolledBack { .. } => "backup_rolled_back",
+            Error::BackupForked { .. } => "backup_forked",
             Error::Unreachable(_) => "internal_error",
         }
     }
@@ -492,6 +567,11 @@ impl Error {
             }
             Error::Escrow(escrow::Error::Purpose(_) | escrow::Error::RecipientKey(_)) => 400,
             Error::Escrow(_) => 500,
+            Error::BackupCorrupt(_) | Error::BackupVersionUnsupported { .. } => 400,
+            Error::RestoreTargetNotEmpty { .. }
+            | Error::TokenManifestMismatch { .. }
+            | Error::BackupRolledBack { .. }
+            | Error::BackupForked { .. } => 409,
             Error::Denied(d) => match d.code {
                 policies::Code::QuotaExceeded => 429,
                 policies::Code::MalformedSerial => 400,

@@ -12,6 +12,7 @@ pub mod api;
 pub mod appliance;
 pub mod approvals;
 pub mod auditing;
+pub mod backup;
 pub mod ceremony;
 pub mod config;
 pub mod credentials;

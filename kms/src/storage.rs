@@ -10,11 +10,11 @@
 //! One process at a time may open the database (sled takes a file lock).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, RwLock};
 
 use sled::transaction::{abort, TransactionError};
 use sled::Transactional as _;
-use store::{Conflict, Error, Result, Store, Tree, Write};
+use store::{Conflict, Error, Result, SnapshotVisitor, Store, Tree, Write};
 
 /// How often sled writes out commits that did not ask for a flush
 /// ([`Store::commit_journaled`]) unless `storage.flush_every_ms` says
@@ -32,6 +32,9 @@ pub struct SledStore {
     trees: Vec<sled::Tree>,
     path: PathBuf,
     flush: GroupFlush,
+    /// Commits hold it shared; [`Store::snapshot_each`] holds it alone, so
+    /// a backup never sees half of a commit (sled has no snapshots).
+    gate: RwLock<()>,
 }
 
 /// Shares one flush between the commits that finished before it began.
@@ -132,6 +135,7 @@ impl SledStore {
             trees,
             path: path.to_owned(),
             flush: GroupFlush::default(),
+            gate: RwLock::new(()),
         })
     }
 
@@ -171,6 +175,7 @@ impl SledStore {
         touched.dedup();
         let trees: Vec<&sled::Tree> = touched.iter().filter_map(|&i| self.trees.get(i)).collect();
         let view_of = |tree: Tree| touched.binary_search(&Self::index(tree)).unwrap_or(0);
+        let _no_snapshot_meanwhile = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let outcome = trees[..].transaction(|views| {
             for w in writes {
                 let (tree, key, expected, value) = match w {
@@ -252,6 +257,21 @@ impl Store for SledStore {
     fn len(&self, tree: Tree) -> Result<usize> {
         Ok(self.tree(tree)?.len())
     }
+
+    fn snapshot_each(&self, visit: &mut SnapshotVisitor<'_>) -> Result<u64> {
+        // Commits wait (journaled ones too) while every tree is read: the
+        // visit sees the store as of one moment. Reads go on meanwhile.
+        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0u64;
+        for t in Tree::ALL {
+            for entry in self.tree(t)?.iter() {
+                let (k, v) = entry.map_err(|e| unavailable(&self.path, e))?;
+                visit(t, &k, &v)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Every entry of `tree` whose key starts with `prefix` (all of them for an
@@ -326,6 +346,51 @@ mod tests {
         );
         assert_eq!(s.get(Tree::PublicKeys, b"k").expect("get"), None);
         assert_eq!(s.len(Tree::PublicKeys).expect("len"), 0);
+    }
+
+    #[test]
+    fn a_snapshot_never_sees_half_a_commit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = std::sync::Arc::new(SledStore::open(&dir.path().join("db")).expect("open"));
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                // Each commit spans two trees: a snapshot must see both
+                // halves or neither.
+                for i in 0..400 {
+                    let k = format!("{i:04}");
+                    let w = [
+                        insert(Tree::Certificates, &k, "c"),
+                        insert(Tree::Devices, &k, "d"),
+                    ];
+                    let done = if i % 2 == 0 {
+                        s.commit(&w)
+                    } else {
+                        s.commit_journaled(&w)
+                    };
+                    assert_eq!(done.expect("commit"), Ok(()));
+                }
+            })
+        };
+        let mut snapshots = 0;
+        while !writer.is_finished() || snapshots == 0 {
+            let (mut certs, mut devices) = (Vec::new(), Vec::new());
+            let n = s
+                .snapshot_each(&mut |t, k, _| {
+                    match t {
+                        Tree::Certificates => certs.push(k.to_vec()),
+                        Tree::Devices => devices.push(k.to_vec()),
+                        _ => {}
+                    }
+                    Ok(())
+                })
+                .expect("snapshot");
+            assert_eq!(n as usize, certs.len() + devices.len());
+            assert_eq!(certs, devices, "a commit seen by halves");
+            snapshots += 1;
+        }
+        writer.join().expect("writer");
+        assert_eq!(s.len(Tree::Devices).expect("len"), 400);
     }
 
     #[test]

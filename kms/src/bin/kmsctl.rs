@@ -139,6 +139,40 @@ enum Command {
         #[command(subcommand)]
         command: EscrowCommand,
     },
+    /// Write one archive of the appliance: the store as of one moment, the
+    /// audit log up to a checkpoint signed after it, the CA certificates,
+    /// the policy file and a manifest of the token's keys (never the keys:
+    /// they stay in the token). Through the running kmsd when it answers,
+    /// else on the stopped appliance. The archive is verified before it
+    /// takes its name.
+    Backup {
+        /// The archive to write (mode 0600; an existing file is never
+        /// overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup onto a fresh appliance: this --config, whose token
+    /// must hold the backup's keys (the HSM's own backup or cloning brings
+    /// them). Verifies the whole archive before writing anything; refuses a
+    /// backup older than the checkpoint officers hold or the token's own.
+    Restore {
+        /// The archive `kmsctl backup` wrote.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The latest checkpoint note officers kept (`kmsctl audit
+        /// checkpoint > latest.note`): the backup must hold every record it
+        /// covers.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Restore a backup older than (or forking from) a checkpoint
+        /// anyway, losing the records after it; recorded in the audit log.
+        #[arg(long)]
+        accept_rollback: bool,
+        /// Rename an existing store, audit directory, CA directory or policy
+        /// file aside (`.before-restore-<time>`) instead of refusing.
+        #[arg(long)]
+        replace_existing: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -827,7 +861,181 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Officer { command } => {
             client_command(&cli, ClientRole::Officer, command, cli.json)
         }
+        Command::Backup { out } => backup_command(&cli, out),
+        Command::Restore {
+            input,
+            checkpoint,
+            accept_rollback,
+            replace_existing,
+        } => {
+            if cli.url.is_some() {
+                anyhow::bail!("restore runs on the appliance itself (--config), not over --url");
+            }
+            let path = require_config(&cli.config)?;
+            let (cfg, token) = open_token(path)?;
+            let report = kms::backup::restore(
+                &cfg,
+                &token,
+                &auditing::local_actor(),
+                &kms::backup::RestoreOptions {
+                    archive: input,
+                    checkpoint: checkpoint.as_deref(),
+                    accept_rollback: *accept_rollback,
+                    replace_existing: *replace_existing,
+                },
+            )?;
+            print_restore(&report, path, cli.json)
+        }
     }
+}
+
+/// `kmsctl backup --out FILE`: the archive from the running kmsd (admin
+/// socket) or from the appliance opened here, written to a temporary file
+/// beside FILE, synced, verified, then renamed.
+fn backup_command(cli: &Cli, out: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if cli.url.is_some() {
+        anyhow::bail!("backup runs on the appliance itself (--config), not over --url");
+    }
+    let cfg_path = require_config(&cli.config)?;
+    let cfg = Config::load(cfg_path)?;
+    if out.exists() {
+        return Err(kms::Error::InvalidInput(format!(
+            "{} exists: a backup never overwrites a file; choose another --out",
+            out.display()
+        ))
+        .into());
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "backup".into());
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let written = (|| -> anyhow::Result<kms::backup::Inspection> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+        let client = admin::Client::new(&cfg.server.admin_socket);
+        if client.running() {
+            let req = admin::BackupRequest {
+                out: Some(name.clone()),
+            };
+            admin_ok(client.backup(&req, &mut w)?)?;
+        } else {
+            let (cfg, token) = open_token(cfg_path)?;
+            let app = Appliance::open(cfg, token)?;
+            kms::backup::create(&app, &Caller::local(), false, &name, &mut w)?;
+        }
+        w.flush()
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        // What is on disk, verified as a restore will read it.
+        Ok(kms::backup::inspect_file(&tmp, &Default::default())?)
+    })();
+    let insp = match written {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    std::fs::File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", parent.display()))?;
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "out": out, "bytes": insp.bytes, "sha256": insp.sha256,
+                "online": insp.header.online, "store_entries": insp.store_entries,
+                "records": insp.records, "token_keys": insp.token_keys.len(),
+                "files": insp.files.len(), "checkpoint": insp.newest_checkpoint,
+            })
+        );
+    } else {
+        println!(
+            "backup written to {} ({} bytes, sha256 {}, {}): {} store entries, {} audit records, \
+             {} file(s), a manifest of {} token key(s) (the keys stay in the token)",
+            out.display(),
+            insp.bytes,
+            insp.sha256,
+            if insp.header.online {
+                "from the running kmsd"
+            } else {
+                "kmsd stopped"
+            },
+            insp.store_entries,
+            insp.records,
+            insp.files.len(),
+            insp.token_keys.len()
+        );
+        print!(
+            "its audit log ends at this checkpoint:\n{}",
+            insp.newest_checkpoint
+        );
+    }
+    Ok(())
+}
+
+fn print_restore(
+    report: &kms::backup::RestoreReport,
+    config: &Path,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string(report)?);
+        return Ok(());
+    }
+    println!(
+        "restored a backup taken {} by {} (sha256 {}): {} store entries, {} audit records, \
+         {} file(s); the token holds all {} key(s) of its manifest",
+        report.created,
+        report.created_by,
+        report.archive_sha256,
+        report.store_entries,
+        report.records,
+        report.files.len(),
+        report.token_keys
+    );
+    for w in &report.witnesses {
+        println!(
+            "checked against {} (covers {} records): {}",
+            w.witness,
+            w.size,
+            match w.verdict {
+                "holds" => "the backup holds them all",
+                "behind" => "the backup is OLDER: rollback accepted",
+                _ => "the backup is ANOTHER HISTORY: fork accepted",
+            }
+        );
+    }
+    for p in &report.moved_aside {
+        println!("moved aside: {}", p.display());
+    }
+    println!(
+        "audit log verified; the restore is record {}{}",
+        report.restore_record,
+        if report.accepted_rollback {
+            " (it names the records given up)"
+        } else {
+            ""
+        }
+    );
+    print!("the backup's newest checkpoint:\n{}", report.checkpoint);
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("start it with:\n  kmsd --config {}", config.display());
+    Ok(())
 }
 
 /// Run an admin request: through the running `kmsd` when it answers on the
