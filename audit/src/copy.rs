@@ -117,6 +117,31 @@ impl LogWriter {
         })
     }
 
+    /// Take the writer lock of the log directory `dir` (created if
+    /// missing), the same `flock` on its `lock` file that [`crate::Log`]
+    /// holds while open: while the returned file is open, no log opens
+    /// there (a `kmsd` starting, another restore). `Unavailable` when
+    /// another process holds it.
+    pub fn lock_dir(dir: &Path) -> Result<File> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => Error::Unavailable(format!(
+                "{} is in use by another process (kmsd, or another restore)",
+                dir.display()
+            )),
+            std::fs::TryLockError::Error(e) => io(&path)(e),
+        })?;
+        Ok(lock)
+    }
+
     /// Append record `seq` (the next one) with its body and `hash_seq`,
     /// which must chain from the previous record.
     pub fn record(&mut self, seq: u64, body: &[u8], hash: &[u8; 32]) -> Result<()> {

@@ -557,7 +557,14 @@ async fn handle(
         Err(e) => return error_response(&Error::MalformedRequest(format!("admin request: {e}"))),
     };
     tracing::info!(actor = who.name(), uid = ?peer.0, request = ?std::mem::discriminant(&req), "admin request");
-    match tokio::task::spawn_blocking(move || dispatch(&st.app, &who, &req)).await {
+    // Under the operations gate, shared: a backup never falls between an
+    // admin operation's record and its commit. (The backup route does not
+    // take it shared: it takes it alone.)
+    let gated = move || {
+        let _operation = st.app.operation();
+        dispatch(&st.app, &who, &req)
+    };
+    match tokio::task::spawn_blocking(gated).await {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => error_response(&e),
         Err(_) => error_response(&Error::Unreachable("admin task panicked")),

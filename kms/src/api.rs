@@ -100,7 +100,7 @@ async fn revocation(State(app): State<Arc<Appliance>>, req: Request, next: Next)
     };
     let path: String = req.uri().path().chars().take(64).collect();
     let app2 = app.clone();
-    let outcome = blocking(move || {
+    let outcome = blocking(&app, move || {
         app2.refuse::<()>(
             &caller(&identity),
             "request",
@@ -179,7 +179,7 @@ where
     let body = read_body(api, body).await;
     let who = caller(identity);
     let app = api.app.clone();
-    blocking(move || match json_body::<B>(body, what) {
+    blocking(&api.app, move || match json_body::<B>(body, what) {
         Ok(b) => f(&app, &who, b),
         Err(e) => app.refuse(&who, op, &subject, e),
     })
@@ -193,11 +193,20 @@ fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes>, what: &str) ->
     })
 }
 
-/// Run `f` on a blocking thread; its error as the JSON answer.
+/// Run `f` on a blocking thread, holding the appliance's operations gate
+/// shared throughout (from before its audit record until after its store
+/// commit: a backup never falls between the two); its error as the JSON
+/// answer.
 async fn blocking<T: Send + 'static>(
+    app: &Arc<Appliance>,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> std::result::Result<T, Response> {
-    match tokio::task::spawn_blocking(f).await {
+    let app = app.clone();
+    let gated = move || {
+        let _operation = app.operation();
+        f()
+    };
+    match tokio::task::spawn_blocking(gated).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(error_response(&e)),
         Err(_) => Err(error_response(&Error::Unreachable("handler task panicked"))),
@@ -350,7 +359,7 @@ async fn approval(
 ) -> Response {
     let who = caller(&identity);
     let app = api.app.clone();
-    match blocking(move || app.approval(&who, &id)).await {
+    match blocking(&api.app, move || app.approval(&who, &id)).await {
         Ok(r) => Json(r.view()).into_response(),
         Err(r) => r,
     }
@@ -402,7 +411,7 @@ async fn psk(
 ) -> Response {
     let who = caller(&identity);
     let app = api.app.clone();
-    match blocking(move || app.issue_secret(&who, &serial, "psk")).await {
+    match blocking(&api.app, move || app.issue_secret(&who, &serial, "psk")).await {
         Ok((secret, _)) => {
             #[derive(serde::Serialize)]
             struct Answer<'a> {
@@ -425,7 +434,7 @@ async fn aes_key(
     let who = caller(&identity);
     let app = api.app.clone();
     let p = purpose.clone();
-    match blocking(move || app.issue_aes_key(&who, &serial, &p)).await {
+    match blocking(&api.app, move || app.issue_aes_key(&who, &serial, &p)).await {
         Ok((secret, _)) => {
             #[derive(serde::Serialize)]
             struct Answer<'a> {
@@ -538,7 +547,7 @@ async fn recovery(
 ) -> Response {
     let who = caller(&identity);
     let app = api.app.clone();
-    match blocking(move || app.recovery(&who, &serial, &id)).await {
+    match blocking(&api.app, move || app.recovery(&who, &serial, &id)).await {
         Ok(r) => Json(r.view()).into_response(),
         Err(r) => r,
     }
@@ -574,7 +583,7 @@ async fn device(
 ) -> Response {
     let who = caller(&identity);
     let app = api.app.clone();
-    match blocking(move || app.device(&who, &serial)).await {
+    match blocking(&api.app, move || app.device(&who, &serial)).await {
         Ok(v) => Json(v).into_response(),
         Err(r) => r,
     }
@@ -590,7 +599,7 @@ async fn record(
     let body = read_body(&api, body).await;
     let who = caller(&identity);
     let app = api.app.clone();
-    let outcome = blocking(move || match body {
+    let outcome = blocking(&api.app, move || match body {
         Ok(b) => app.record(&who, &serial, &b),
         Err(e) => app.refuse(&who, crate::appliance::RECORD_OP, &serial, e),
     })
@@ -612,7 +621,7 @@ async fn admin(
     let body = read_body(&api, body).await;
     let who = caller(&identity);
     let app = api.app.clone();
-    let outcome = blocking(move || {
+    let outcome = blocking(&api.app, move || {
         let req = body.and_then(|b| {
             serde_json::from_slice::<crate::admin::Request>(&b)
                 .map_err(|e| Error::MalformedRequest(format!("officer request: {e}")))
@@ -702,7 +711,7 @@ async fn est(
     let who = caller(&identity);
     let app = api.app.clone();
     let started = Instant::now();
-    let outcome = blocking(move || {
+    let outcome = blocking(&api.app, move || {
         let request = (|| {
             let media = content_type.split(';').next().unwrap_or("").trim();
             if !media.eq_ignore_ascii_case("application/pkcs10") {

@@ -61,6 +61,12 @@ pub struct Appliance {
     /// so the loser of a race hears `*_already_issued` before anything is
     /// recorded as issued.
     pub(crate) secret_stripes: Stripes,
+    /// The operations gate: every request (API, EST, admin socket) holds it
+    /// shared from before its audit record until after its store commit; a
+    /// backup holds it alone while it reads the store and signs the
+    /// checkpoint its log ends at, so the archive's log and store match
+    /// record for effect ([`Appliance::operation`], [`Appliance::quiesce`]).
+    ops: std::sync::RwLock<()>,
     chain_pem: String,
 }
 
@@ -163,6 +169,20 @@ impl ProvisioningRecord {
 }
 
 impl Appliance {
+    /// Hold the operations gate shared for one request: from before its
+    /// audit record until after its store commit. Never taken twice by one
+    /// thread (a backup waiting in between would deadlock it).
+    pub fn operation(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.ops.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hold the operations gate alone: no request is between its record and
+    /// its commit while the guard lives (a backup's store snapshot and
+    /// checkpoint).
+    pub fn quiesce(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.ops.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Open everything for local use (`kmsctl` while `kmsd` is stopped).
     pub fn open(cfg: Config, token: Arc<Token>) -> Result<Self> {
         let audit = Arc::new(auditing::open(&cfg, &token)?);
@@ -227,6 +247,7 @@ impl Appliance {
             revocations,
             approving: std::sync::Mutex::new(()),
             secret_stripes: Stripes::new(),
+            ops: std::sync::RwLock::new(()),
             chain_pem,
         })
     }
@@ -415,20 +436,29 @@ impl Appliance {
 
     /// An officer lets a certified device get one certificate for a new key.
     pub fn allow_reissue(&self, caller: &Caller, module_serial: &str) -> Result<()> {
-        let outcome = self
+        // The record first, like every other operation: no effect exists
+        // without its record (a failed commit after it is recorded too).
+        let allowed = self
             .policy
             .check(caller, &policies::Action::AllowReissue { module_serial })
-            .and_then(|()| Ok(self.ca.allow_reissue(module_serial)?));
-        match outcome {
-            Ok(()) => auditing::record(
-                &self.audit,
-                caller.name(),
-                auditing::ALLOW_REISSUE_OP,
-                module_serial,
-                "ok",
-                json!({}),
-            ),
-            Err(e) => self.refuse(caller, auditing::ALLOW_REISSUE_OP, module_serial, e),
+            .and_then(|()| match self.ca.device(module_serial)? {
+                Some(_) => Ok(()),
+                None => Err(Error::from(ca::Error::DeviceNotFound(module_serial.into()))),
+            });
+        if let Err(e) = allowed {
+            return self.refuse(caller, auditing::ALLOW_REISSUE_OP, module_serial, e);
+        }
+        auditing::record(
+            &self.audit,
+            caller.name(),
+            auditing::ALLOW_REISSUE_OP,
+            module_serial,
+            "ok",
+            json!({}),
+        )?;
+        match self.ca.allow_reissue(module_serial) {
+            Ok(()) => Ok(()),
+            Err(e) => self.refuse(caller, auditing::ALLOW_REISSUE_OP, module_serial, e.into()),
         }
     }
 

@@ -68,6 +68,11 @@ const CHECK_AAD: &[u8] = b"vbus-kms/backup key check v1";
 /// Longest line a reader accepts (an audit body is at most 1 MiB; a store
 /// value, base64, a few MiB): a bound on memory, not a format rule.
 const MAX_LINE: u64 = 64 << 20;
+/// Most token keys a manifest may list (a bound on memory).
+const MAX_TOKEN_KEYS: usize = 10_000;
+/// Most bytes the files of an archive may hold together (a bound on
+/// memory: they are kept until the restore writes them).
+const MAX_FILE_BYTES: usize = 16 << 20;
 /// Store entries committed together by a restore.
 const RESTORE_BATCH: usize = 1000;
 
@@ -266,6 +271,21 @@ impl<'a> ArchiveWriter<'a> {
         self.write_all(b"\n").map_err(write_err)
     }
 
+    /// Go on with an archive whose first lines were written elsewhere
+    /// (hashed from here on).
+    fn raw(out: &'a mut dyn Write) -> Self {
+        Self {
+            out,
+            sha: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// SHA-256 (hex) of what was written so far.
+    pub fn digest(&self) -> String {
+        hex::encode(self.sha.clone().finalize())
+    }
+
     /// A token manifest line.
     pub fn token_key(&mut self, k: &TokenKeyEntry) -> Result<()> {
         self.line(&Item::TokenKey(k.clone()))
@@ -327,11 +347,30 @@ pub struct BackupSummary {
     pub files: u64,
     /// Taken from a running `kmsd`.
     pub online: bool,
+    /// SHA-256 of the header, manifest, file and store lines, as the
+    /// `backup.create` record holds it.
+    pub state_sha256: String,
+    /// Sequence number of the `backup.create` record.
+    pub record: u64,
 }
 
-/// Write a backup of `app` to `out` for `caller` and record it
-/// (`backup.create`, with the archive's SHA-256; a failure is recorded
-/// with its code). `name` is the archive's file name, for the record.
+/// Operation name of a backup that failed after its `backup.create`
+/// record (the archive it describes was not delivered).
+pub const BACKUP_FAILED_OP: &str = "backup.failed";
+
+/// Write a backup of `app` to `out` for `caller`. `name` is the archive's
+/// file name, for the record.
+///
+/// Under the operations gate, held alone (no request is between its audit
+/// record and its store commit meanwhile): the token manifest, the files
+/// and the store are written to a spool, `backup.create` is appended with
+/// the SHA-256 of those sections (header, manifest, files, store) and their
+/// counts, and a checkpoint of the log's head is signed. Then, with the
+/// gate released, the archive is the spool followed by the log up to that
+/// checkpoint: its log ends with its own `backup.create` record, signed by
+/// the token, and its store holds exactly the effects of the records
+/// before it. A failure before the record is recorded as `backup.create`
+/// with its code; one after it as `backup.failed`.
 pub fn create(
     app: &Appliance,
     caller: &Caller,
@@ -340,47 +379,69 @@ pub fn create(
     out: &mut dyn Write,
 ) -> Result<BackupSummary> {
     let subject: String = name.chars().take(64).collect();
-    match write_backup(app, caller, online, out) {
-        Ok(s) => {
-            auditing::record(
-                &app.audit,
-                caller.name(),
-                BACKUP_OP,
-                &subject,
-                "ok",
-                json!({
-                    "sha256": s.sha256, "bytes": s.bytes, "store_entries": s.store_entries,
-                    "records": s.records, "token_keys": s.token_keys, "files": s.files,
-                    "online": online,
-                }),
-            )?;
-            Ok(s)
+    let failed = |op: &str, e: &Error, details: serde_json::Value| {
+        if let Err(not_recorded) =
+            auditing::record(&app.audit, caller.name(), op, &subject, e.code(), details)
+        {
+            tracing::error!(error = %not_recorded, "failed backup not recorded");
         }
-        Err(e) => {
-            if let Err(not_recorded) = auditing::record(
-                &app.audit,
-                caller.name(),
-                BACKUP_OP,
-                &subject,
-                e.code(),
-                json!({ "online": online }),
-            ) {
-                tracing::error!(error = %not_recorded, "failed backup not recorded");
-            }
-            Err(e)
+    };
+    let cut = match cut(app, caller, online, &subject) {
+        Ok(c) => c,
+        Err(Cutting::BeforeRecord(e)) => {
+            failed(BACKUP_OP, &e, json!({ "online": online }));
+            return Err(e);
         }
-    }
+        Err(Cutting::AfterRecord(e, seq, sha)) => {
+            failed(
+                BACKUP_FAILED_OP,
+                &e,
+                json!({ "record": seq, "state_sha256": sha, "online": online }),
+            );
+            return Err(e);
+        }
+    };
+    let (record, state_sha256) = (cut.record, cut.state_sha256.clone());
+    write_archive(&app.cfg, cut, out).inspect_err(|e| {
+        failed(
+            BACKUP_FAILED_OP,
+            e,
+            json!({ "record": record, "state_sha256": state_sha256, "online": online }),
+        )
+    })
 }
 
-fn write_backup(
+/// What the gated part of a backup produced.
+struct Cut {
+    /// Header, manifest, files and store lines, rewound.
+    spool: File,
+    state_sha256: String,
+    token_keys: u64,
+    files: u64,
+    store_entries: u64,
+    /// Sequence number of the `backup.create` record.
+    record: u64,
+    /// The checkpoint the archive's log ends at, and its size.
+    note: String,
+    size: u64,
+    online: bool,
+}
+
+enum Cutting {
+    BeforeRecord(Error),
+    AfterRecord(Error, u64, String),
+}
+
+fn cut(
     app: &Appliance,
     caller: &Caller,
     online: bool,
-    out: &mut dyn Write,
-) -> Result<BackupSummary> {
+    subject: &str,
+) -> std::result::Result<Cut, Cutting> {
     let cfg = &app.cfg;
-    let audit_vkey = ceremony::audit_verifier_key(cfg, &app.token)?;
-    let verifier = audit::note::Verifier::parse(&audit_vkey)?;
+    let before = Cutting::BeforeRecord;
+    let audit_vkey = ceremony::audit_verifier_key(cfg, &app.token).map_err(before)?;
+    let verifier = audit::note::Verifier::parse(&audit_vkey).map_err(|e| before(e.into()))?;
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -391,52 +452,98 @@ fn write_backup(
         token: app.token.label().to_owned(),
         audit_vkey,
     };
-    let keys = manifest(&app.token)?;
-    let files = collect_files(cfg)?;
-    // The store first, as of one moment; then the log up to a checkpoint
-    // signed after it, so the log covers everything the snapshot shows.
-    let (spool, store_entries) = spool_store(app.store.as_ref())?;
-    let note = match app.audit.checkpoint()? {
-        Some(n) => n,
-        None => app.audit.latest_checkpoint()?.ok_or_else(|| {
-            Error::NotInitialized("the audit log holds no checkpoint to end a backup with".into())
-        })?,
-    };
-    let cp = verifier.open(&note)?;
-
-    let mut w = ArchiveWriter::new(out, &header)?;
-    for k in &keys {
-        w.token_key(k)?;
-    }
-    for f in &files {
-        w.file(f)?;
-    }
-    std::io::copy(&mut BufReader::new(spool), &mut w).map_err(write_err)?;
-    audit::export_upto(&cfg.audit.dir, cp.size, &mut w)?;
-    let (sha256, bytes) = w.finish(End {
+    // Alone from here to the checkpoint: every request holds the gate from
+    // before its record until after its commit, so the store read here
+    // holds the effect of every record before `backup.create`, and of none
+    // after it. The manifest is taken inside too, so every KEK version the
+    // store's escrow entries name is in it.
+    let _alone = app.quiesce();
+    let keys = manifest(&app.token).map_err(before)?;
+    let files = collect_files(cfg).map_err(before)?;
+    let (spool, state_sha256, store_entries) =
+        spool_state(app.store.as_ref(), &header, &keys, &files).map_err(before)?;
+    let appended = app
+        .audit
+        .append(
+            audit::Entry::new(caller.name(), BACKUP_OP, subject, "ok").details(json!({
+                "state_sha256": state_sha256, "token_keys": keys.len(), "files": files.len(),
+                "store_entries": store_entries, "online": online,
+                "created_ms": header.created_ms,
+            })),
+        )
+        .map_err(|e| before(e.into()))?;
+    let after = |e: Error| Cutting::AfterRecord(e, appended.seq, state_sha256.clone());
+    let signed = (|| -> Result<(String, u64)> {
+        let note = match app.audit.checkpoint()? {
+            Some(n) => n,
+            None => app.audit.latest_checkpoint()?.ok_or_else(|| {
+                Error::NotInitialized(
+                    "the audit log holds no checkpoint to end a backup with".into(),
+                )
+            })?,
+        };
+        let cp = verifier.open(&note)?;
+        if cp.size < appended.seq {
+            return Err(Error::Audit(audit::Error::Checkpoint(format!(
+                "the newest checkpoint covers {} records, not the backup's record {}",
+                cp.size, appended.seq
+            ))));
+        }
+        Ok((note, cp.size))
+    })();
+    let (note, size) = signed.map_err(after)?;
+    Ok(Cut {
+        spool,
+        state_sha256: state_sha256.clone(),
         token_keys: keys.len() as u64,
         files: files.len() as u64,
         store_entries,
-        records: cp.size,
-        checkpoint_size: cp.size,
+        record: appended.seq,
+        note,
+        size,
+        online,
+    })
+}
+
+/// The archive: the spool, then the log up to the cut's checkpoint, then
+/// the end line.
+fn write_archive(cfg: &Config, cut: Cut, out: &mut dyn Write) -> Result<BackupSummary> {
+    let mut w = ArchiveWriter::raw(out);
+    std::io::copy(&mut BufReader::new(cut.spool), &mut w).map_err(write_err)?;
+    audit::export_upto(&cfg.audit.dir, cut.size, &mut w)?;
+    let (sha256, bytes) = w.finish(End {
+        token_keys: cut.token_keys,
+        files: cut.files,
+        store_entries: cut.store_entries,
+        records: cut.size,
+        checkpoint_size: cut.size,
         sha256: String::new(),
     })?;
     Ok(BackupSummary {
         sha256,
         bytes,
-        store_entries,
-        records: cp.size,
-        checkpoint: note,
-        token_keys: keys.len() as u64,
-        files: files.len() as u64,
-        online,
+        store_entries: cut.store_entries,
+        records: cut.size,
+        checkpoint: cut.note,
+        token_keys: cut.token_keys,
+        files: cut.files,
+        online: cut.online,
+        state_sha256: cut.state_sha256,
+        record: cut.record,
     })
 }
 
-/// The store's lines, written to an unlinked temporary file while the
-/// store holds commits off, so the pause lasts a local write, not the
-/// archive's journey to its reader.
-fn spool_store(store: &dyn Store) -> Result<(File, u64)> {
+/// The header, manifest, file and store lines, written to an unlinked
+/// temporary file (the store as of one moment, [`Store::snapshot_each`]),
+/// so the gate is held for a local write, not for the archive's journey
+/// to its reader. Returns the file (rewound), the SHA-256 of its content
+/// and the number of store entries.
+fn spool_state(
+    store: &dyn Store,
+    header: &Header,
+    keys: &[TokenKeyEntry],
+    files: &[FileEntry],
+) -> Result<(File, String, u64)> {
     let path = std::env::temp_dir().join(format!(
         "vbus-kms-backup-{}-{}.spool",
         std::process::id(),
@@ -451,19 +558,24 @@ fn spool_store(store: &dyn Store) -> Result<(File, u64)> {
         .map_err(io(&path))?;
     // Unlinked at once: gone when closed, whatever happens.
     fs::remove_file(&path).map_err(io(&path))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    let mut line = Vec::new();
-    let spool_err = |e: std::io::Error| store::Error::Unavailable(format!("backup spool: {e}"));
-    let n = store.snapshot_each(&mut |tree, k, v| {
-        line.clear();
-        serde_json::to_writer(&mut line, &store_item(tree, k, v))
-            .map_err(|e| spool_err(e.into()))?;
-        line.push(b'\n');
-        w.write_all(&line).map_err(spool_err)
-    })?;
-    let mut file = w.into_inner().map_err(|e| io(&path)(e.into_error()))?;
+    let mut buf = BufWriter::with_capacity(1 << 20, file);
+    let (sha, n) = {
+        let mut w = ArchiveWriter::new(&mut buf, header)?;
+        for k in keys {
+            w.token_key(k)?;
+        }
+        for f in files {
+            w.file(f)?;
+        }
+        let n = store.snapshot_each(&mut |tree, k, v| {
+            w.store(tree, k, v)
+                .map_err(|e| store::Error::Unavailable(format!("backup spool: {e}")))
+        })?;
+        (w.digest(), n)
+    };
+    let mut file = buf.into_inner().map_err(|e| io(&path)(e.into_error()))?;
     file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
-    Ok((file, n))
+    Ok((file, sha, n))
 }
 
 fn token_down(e: &Error) -> bool {
@@ -600,7 +712,15 @@ struct Walked {
     header: Header,
     end: End,
     sha256: String,
+    /// SHA-256 of the lines before the first audit line (header, manifest,
+    /// files, store): what `backup.create` records.
+    state_sha256: String,
     bytes: u64,
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn decode_hash(hex_text: &str) -> Option<[u8; 32]> {
@@ -626,6 +746,7 @@ fn walk(
     let mut section = 0u8;
     let mut counts = [0u64; 4]; // token keys, files, store entries, records
     let mut first_problem: Option<Error> = None;
+    let mut state_sha256: Option<String> = None;
     loop {
         line.clear();
         let read = (&mut *reader)
@@ -666,6 +787,11 @@ fn walk(
             }
             continue;
         }
+        if state_sha256.is_none()
+            && (text.starts_with(b"{\"seq\":") || text.starts_with(b"{\"checkpoint\":"))
+        {
+            state_sha256 = Some(hex::encode(sha.clone().finalize()));
+        }
         sha.update(&line);
         if first_problem.is_some() {
             continue;
@@ -681,6 +807,7 @@ fn walk(
                 + &first_problem.map_or(String::new(), |e| format!(" ({e})")),
         ));
     };
+    let state_sha256 = state_sha256.unwrap_or_else(|| hex::encode(sha.clone().finalize()));
     let digest = hex::encode(sha.finalize());
     if digest != end.sha256 {
         return Err(corrupt(format!(
@@ -705,6 +832,7 @@ fn walk(
         header,
         end,
         sha256: digest,
+        state_sha256,
         bytes,
     })
 }
@@ -772,7 +900,12 @@ fn decode_line(
         }
         Item::File(f) => {
             enter(2, "file")?;
-            if !safe_name(&f.name) || !["ca", "policy"].contains(&f.kind.as_str()) {
+            let known = match f.kind.as_str() {
+                "ca" => f.name.ends_with(".pem"),
+                "policy" => true,
+                _ => false,
+            };
+            if !safe_name(&f.name) || !known {
                 return Err(bad(format!("file {:?} of kind {:?}", f.name, f.kind)));
             }
             let data = b64("file data", &f.data)?;
@@ -834,6 +967,8 @@ pub fn inspect(reader: &mut dyn BufRead, wanted: &BTreeSet<u64>) -> Result<Inspe
     let (mut checkpoints, mut newest, mut newest_size) = (0u64, None::<String>, 0u64);
     let mut heads_at = BTreeMap::new();
     let mut prefix = String::new();
+    let mut file_bytes = 0usize;
+    let mut backup_record: Option<(u64, serde_json::Value)> = None;
     let walked = walk(reader, &mut |event| {
         match event {
             Event::Header(h) => {
@@ -842,8 +977,32 @@ pub fn inspect(reader: &mut dyn BufRead, wanted: &BTreeSet<u64>) -> Result<Inspe
                         .map_err(|e| corrupt(format!("the header's audit_vkey: {e}")))?,
                 );
             }
-            Event::TokenKey(k) => keys.push(k),
-            Event::File(f, data) => files.push((f, data)),
+            Event::TokenKey(k) => {
+                if keys.len() >= MAX_TOKEN_KEYS {
+                    return Err(corrupt(format!(
+                        "more than {MAX_TOKEN_KEYS} token keys in the manifest"
+                    )));
+                }
+                keys.push(k)
+            }
+            Event::File(f, data) => {
+                file_bytes = file_bytes.saturating_add(data.len());
+                if file_bytes > MAX_FILE_BYTES {
+                    return Err(corrupt(format!(
+                        "the files in the archive hold more than {MAX_FILE_BYTES} bytes"
+                    )));
+                }
+                let twice = files.iter().any(|(g, _): &(FileEntry, Vec<u8>)| {
+                    g.kind == f.kind && (g.name == f.name || f.kind == "policy")
+                });
+                if twice {
+                    return Err(corrupt(format!(
+                        "the {} file {:?} appears twice",
+                        f.kind, f.name
+                    )));
+                }
+                files.push((f, data))
+            }
             Event::Store(..) => store_entries += 1,
             Event::Record(seq, body, hash) => {
                 let tampered =
@@ -866,6 +1025,13 @@ pub fn inspect(reader: &mut dyn BufRead, wanted: &BTreeSet<u64>) -> Result<Inspe
                 prefix.push_str(&format!("{{\"seq\":{seq},"));
                 if !body.starts_with(prefix.as_bytes()) {
                     return Err(tampered(seq, format!("the body is not record {seq}")));
+                }
+                if contains(body, BACKUP_OP.as_bytes()) {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+                        if v["op"] == BACKUP_OP && v["result"] == "ok" {
+                            backup_record = Some((seq, v["details"].clone()));
+                        }
+                    }
                 }
                 records = seq;
                 head = hash;
@@ -906,6 +1072,42 @@ pub fn inspect(reader: &mut dyn BufRead, wanted: &BTreeSet<u64>) -> Result<Inspe
             "the archive's audit log holds {records} records but its newest checkpoint covers \
              {newest_size} (the end line says {})",
             walked.end.checkpoint_size
+        )));
+    }
+    // The sections before the log are the ones the appliance described in
+    // its own signed `backup.create` record: an archive whose policy, store
+    // or manifest was edited (and its end hash recomputed) is refused.
+    let Some((seq, details)) = backup_record else {
+        return Err(corrupt(
+            "the archive's log holds no backup.create record: it was not written by kmsctl \
+             backup (or its log was cut)",
+        ));
+    };
+    let recorded = (
+        details["state_sha256"].as_str().unwrap_or(""),
+        details["token_keys"].as_u64(),
+        details["files"].as_u64(),
+        details["store_entries"].as_u64(),
+    );
+    let held = (
+        walked.state_sha256.as_str(),
+        Some(keys.len() as u64),
+        Some(files.len() as u64),
+        Some(store_entries),
+    );
+    if recorded != held {
+        return Err(corrupt(format!(
+            "the archive's header, token manifest, files and store have SHA-256 {} ({} token \
+             keys, {} files, {} store entries) but its signed backup.create record {seq} says \
+             {:?} ({:?}, {:?}, {:?}): they were altered after the backup",
+            held.0,
+            keys.len(),
+            files.len(),
+            store_entries,
+            recorded.0,
+            recorded.1,
+            recorded.2,
+            recorded.3
         )));
     }
     Ok(Inspection {
@@ -1118,7 +1320,7 @@ fn check_manifest(cfg: &Config, token: &Arc<Token>, insp: &Inspection) -> Result
             .find(|t| t.label == k.label && t.class.name() == k.class)
         else {
             problems.push(format!(
-                "{} ({} {} key, id {}) is missing",
+                "{:?} ({:?} {:?} key, id {:?}) is missing",
                 k.label, k.class, k.algorithm, k.id
             ));
             continue;
@@ -1126,7 +1328,7 @@ fn check_manifest(cfg: &Config, token: &Arc<Token>, insp: &Inspection) -> Result
         let algorithm = format!("{:?}", found.algorithm);
         if algorithm != k.algorithm {
             problems.push(format!(
-                "{} is an {algorithm} key on the token, an {} key in the backup",
+                "{:?} is an {algorithm} key on the token, an {:?} key in the backup",
                 k.label, k.algorithm
             ));
             continue;
@@ -1135,13 +1337,13 @@ fn check_manifest(cfg: &Config, token: &Arc<Token>, insp: &Inspection) -> Result
             match token.public_key(&k.label) {
                 Ok(p) if hex::encode(&p.raw) == *expected => {}
                 Ok(p) => problems.push(format!(
-                    "{} has another public key (SHA-256 {} on the token, {} in the backup)",
+                    "{:?} has another public key (SHA-256 {} on the token, {:?} in the backup)",
                     k.label,
                     hex::encode(Sha256::digest(&p.raw)),
                     k.public_key_sha256.as_deref().unwrap_or("?")
                 )),
                 Err(e) if token_down(&e) => return Err(e),
-                Err(e) => problems.push(format!("{}: {e}", k.label)),
+                Err(e) => problems.push(format!("{:?}: {e}", k.label)),
             }
         }
         if let Some(check) = &k.check {
@@ -1150,7 +1352,7 @@ fn check_manifest(cfg: &Config, token: &Arc<Token>, insp: &Inspection) -> Result
                 .map(|(iv, ciphertext)| Sealed { iv, ciphertext });
             let Some(sealed) = sealed else {
                 problems.push(format!(
-                    "{}: the backup's check value is malformed",
+                    "{:?}: the backup's check value is malformed",
                     k.label
                 ));
                 continue;
@@ -1159,7 +1361,7 @@ fn check_manifest(cfg: &Config, token: &Arc<Token>, insp: &Inspection) -> Result
                 Ok(v) if hex::encode(Sha256::digest(v.as_slice())) == check.sha256 => {}
                 Err(e) if token_down(&e) => return Err(e),
                 _ => problems.push(format!(
-                    "{} is another key (the backup's check value does not open under it)",
+                    "{:?} is another key (the backup's check value does not open under it)",
                     k.label
                 )),
             }
@@ -1168,7 +1370,7 @@ fn check_manifest(cfg: &Config, token: &Arc<Token>, insp: &Inspection) -> Result
     match ceremony::audit_verifier_key(cfg, token) {
         Ok(vkey) if vkey == insp.header.audit_vkey => {}
         Ok(vkey) => problems.push(format!(
-            "the audit key {:?} is {vkey}, the backup's log is signed by {}",
+            "the audit key {:?} is {vkey}, the backup's log is signed by {:?}",
             cfg.audit.key, insp.header.audit_vkey
         )),
         Err(e) if token_down(&e) => return Err(e),
@@ -1236,6 +1438,51 @@ fn stage(
     Ok(())
 }
 
+/// sled's lock on the database at `path` (the `flock` sled takes on its
+/// `db` file), if there is one: held, no kmsd and no other restore opens
+/// that store.
+fn lock_store(path: &Path) -> Result<Option<File>> {
+    let db = path.join("db");
+    let file = match OpenOptions::new().read(true).open(&db) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&db)(e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(Error::Audit(audit::Error::Unavailable(format!(
+                "{} is in use by another process (kmsd, or another restore)",
+                path.display()
+            ))))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&db)(e)),
+    }
+}
+
+/// Move every entry of `from` but `keep` into `to` (created), and sync both.
+fn move_entries(from: &Path, to: &Path, keep: &[&str]) -> Result<()> {
+    fs::create_dir_all(to).map_err(io(to))?;
+    for e in fs::read_dir(from).map_err(io(from))? {
+        let e = e.map_err(io(from))?;
+        let name = e.file_name();
+        if name.to_str().is_some_and(|n| keep.contains(&n)) {
+            continue;
+        }
+        let dest = to.join(&name);
+        if fs::symlink_metadata(&dest).is_ok() {
+            return Err(Error::RestoreTargetNotEmpty { path: dest });
+        }
+        fs::rename(e.path(), &dest).map_err(io(&dest))?;
+    }
+    sync_dir(from)?;
+    sync_dir(to)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
 /// Rename the staging directory `staged` to `target`, which is absent or
 /// empty but for the `ignore` files (checked before, or moved aside), and
 /// sync the parent directory.
@@ -1279,6 +1526,11 @@ pub fn restore(
             cfg.server.admin_socket.display()
         ))));
     }
+    // Held for the whole restore: the audit directory's writer lock (a
+    // kmsd starting now fails to open its log; so does a second restore),
+    // and sled's lock on the target store if there is one.
+    let audit_lock = audit::LogWriter::lock_dir(&cfg.audit.dir)?;
+    let mut store_locks: Vec<File> = lock_store(&cfg.storage.path)?.into_iter().collect();
     let mut occupied = Vec::new();
     if holds_something(&cfg.storage.path, &[])? {
         occupied.push(cfg.storage.path.clone());
@@ -1444,21 +1696,36 @@ pub fn restore(
         cleanup();
         return Err(e);
     }
+    // sled's lock on the staged store, which becomes the target's.
+    match lock_store(&staged_store) {
+        Ok(l) => store_locks.extend(l),
+        Err(e) => {
+            cleanup();
+            return Err(e);
+        }
+    }
 
-    // Into place.
+    // Into place. The audit directory stays (its lock file is held): what
+    // it held is moved aside entry by entry, and the staged log moved in.
     let mut moved_aside = Vec::new();
     for path in &occupied {
         let aside = beside(path, "before-restore");
-        fs::rename(path, &aside).map_err(io(path))?;
+        if *path == cfg.audit.dir {
+            move_entries(path, &aside, &["lock"])?;
+        } else {
+            fs::rename(path, &aside).map_err(io(path))?;
+        }
         moved_aside.push(aside);
     }
     let placed = place(&staged_store, &cfg.storage.path, &[])
-        .and_then(|()| place(&staged_audit, &cfg.audit.dir, &["lock"]));
+        .and_then(|()| move_entries(&staged_audit, &cfg.audit.dir, &[]))
+        .and_then(|()| fs::remove_dir(&staged_audit).map_err(io(&staged_audit)));
     if let Err(e) = placed {
         cleanup();
         return Err(e);
     }
     let mut restored_files = Vec::new();
+    let mut dirs_written = BTreeSet::new();
     for (target, f, data) in files {
         if fs::read(&target).is_ok_and(|existing| existing == *data) {
             restored_files.push(target);
@@ -1471,13 +1738,25 @@ pub fn restore(
         let _ = fs::remove_file(&tmp);
         ceremony::write_new(&tmp, data, f.mode & 0o644)?;
         fs::rename(&tmp, &target).map_err(io(&target))?;
+        if let Some(parent) = target.parent() {
+            dirs_written.insert(parent.to_owned());
+        }
         restored_files.push(target);
+    }
+    // The CA directory (and the policy file's) synced: the renames are
+    // durable before the restore is recorded.
+    for dir in &dirs_written {
+        sync_dir(dir)?;
     }
 
     // The restore is the first record after the backup's log; its
     // checkpoint replaces the token's.
     let signer: Arc<dyn audit::CheckpointSigner> =
         Arc::new(TokenCheckpointSigner::new(token.clone(), &cfg.audit.key)?);
+    // The log takes the writer lock itself from here on (released just
+    // before; a kmsd starting in between finds the restored log complete
+    // but for this record, and this restore then fails to open it).
+    drop(audit_lock);
     let anchor: Arc<dyn audit::CheckpointAnchor> = Arc::new(ReplaceAnchor {
         token: token.clone(),
         label: anchor_label,
@@ -1521,6 +1800,7 @@ pub fn restore(
     drop(log);
 
     // Start-up reconciliation, as kmsd will run it: the store against the log.
+    drop(store_locks);
     drop(Appliance::open(cfg.clone(), token.clone())?);
 
     Ok(RestoreReport {
@@ -1560,8 +1840,9 @@ mod tests {
 
     const ORIGIN: &str = "vbus-kms/audit";
 
-    /// A log of `records` records with a checkpoint at the end, and its key.
-    fn log(dir: &Path, records: u64) -> (Arc<Key>, String) {
+    /// A log of `records` records with a checkpoint at the end, and its key;
+    /// the last record is `backup.create` with `details` when given.
+    fn log(dir: &Path, records: u64, last: Option<serde_json::Value>) -> (Arc<Key>, String) {
         let key = Arc::new(Key(ed25519_dalek::SigningKey::from_bytes(&[9; 32])));
         let log = audit::Log::open(
             dir,
@@ -1573,8 +1854,13 @@ mod tests {
         )
         .unwrap();
         for i in 0..records {
-            log.append(audit::Entry::new("t", "op", &format!("s{i}"), "ok"))
-                .unwrap();
+            let entry = match (&last, i + 1 == records) {
+                (Some(details), true) => {
+                    audit::Entry::new("t", BACKUP_OP, "b", "ok").details(details.clone())
+                }
+                _ => audit::Entry::new("t", "op", &format!("s{i}"), "ok"),
+            };
+            log.append(entry).unwrap();
         }
         let note = match log.checkpoint().unwrap() {
             Some(n) => n,
@@ -1585,8 +1871,8 @@ mod tests {
 
     /// An archive over that log with two keys, a file and three entries.
     fn archive(dir: &Path, records: u64) -> (Vec<u8>, String) {
-        let (key, note) = log(dir, records);
         use audit::CheckpointSigner as _;
+        let key = Key(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
         let header = Header {
             format: FORMAT.into(),
             version: VERSION,
@@ -1636,6 +1922,10 @@ mod tests {
             .unwrap();
         w.store(Tree::Escrow, b"VBUS-CPU-2412-000001/psk", &[0, 1, 2, 255])
             .unwrap();
+        let state = json!({
+            "state_sha256": w.digest(), "token_keys": 2, "files": 1, "store_entries": 3,
+        });
+        let (_, note) = log(dir, records, Some(state));
         audit::export_upto(dir, records, &mut w).unwrap();
         w.finish(End {
             token_keys: 2,
@@ -1866,6 +2156,77 @@ mod tests {
         };
         assert_eq!(e.code(), "backup_rolled_back");
         assert!(e.to_string().contains("records 7..9 would be lost"), "{e}");
+    }
+
+    #[test]
+    fn sections_edited_under_a_recomputed_hash_are_refused_by_the_signed_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, _) = archive(dir.path(), 4);
+        inspect_bytes(&bytes).unwrap();
+        let (lines, end) = split(&bytes);
+        let at = |lines: &[String], prefix: &str| {
+            lines.iter().position(|l| l.starts_with(prefix)).unwrap()
+        };
+        // A file's content changed, the end hash made to match.
+        let mut edited = lines.clone();
+        let f = at(&edited, "{\"t\":\"file\"");
+        let data = B64.encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n");
+        edited[f] = serde_json::to_string(&Item::File(FileEntry {
+            kind: "ca".into(),
+            name: "root.pem".into(),
+            mode: 0o644,
+            data,
+        }))
+        .unwrap();
+        let err = inspect_bytes(&rehash(&edited, &end)).unwrap_err();
+        assert_eq!(err.code(), "backup_corrupt", "{err}");
+        assert!(
+            err.to_string().contains("signed backup.create record 4"),
+            "{err}"
+        );
+        // A store entry inserted (counts adjusted too).
+        let mut inserted = lines.clone();
+        let st = at(&inserted, "{\"t\":\"store\"");
+        inserted.insert(
+            st,
+            serde_json::to_string(&store_item(Tree::Approvals, b"x", b"{}")).unwrap(),
+        );
+        let mut more = end.clone();
+        more.store_entries += 1;
+        let err = inspect_bytes(&rehash(&inserted, &more)).unwrap_err();
+        assert_eq!(err.code(), "backup_corrupt", "{err}");
+        // A log without any backup.create record.
+        let plain = tempfile::tempdir().unwrap();
+        log(plain.path(), 3, None);
+        let mut out = Vec::new();
+        let header = split(&bytes).0[0].clone();
+        let header: Header = serde_json::from_str(&header).unwrap();
+        let mut w = ArchiveWriter::new(&mut out, &header).unwrap();
+        audit::export_upto(plain.path(), 3, &mut w).unwrap();
+        w.finish(End {
+            token_keys: 0,
+            files: 0,
+            store_entries: 0,
+            records: 3,
+            checkpoint_size: 3,
+            sha256: String::new(),
+        })
+        .unwrap();
+        let err = inspect_bytes(&out).unwrap_err();
+        assert!(err.to_string().contains("no backup.create record"), "{err}");
+        // Two files of the same name, or a CA file that is not .pem.
+        let mut twice = lines.clone();
+        let f = at(&twice, "{\"t\":\"file\"");
+        let copy = twice[f].clone();
+        twice.insert(f, copy);
+        let mut two = end.clone();
+        two.files += 1;
+        let err = inspect_bytes(&rehash(&twice, &two)).unwrap_err();
+        assert!(err.to_string().contains("appears twice"), "{err}");
+        let mut not_pem = lines.clone();
+        not_pem[f] = not_pem[f].replace("root.pem", "root.key");
+        let err = inspect_bytes(&rehash(&not_pem, &end)).unwrap_err();
+        assert_eq!(err.code(), "backup_corrupt", "{err}");
     }
 
     #[test]

@@ -81,14 +81,19 @@ fn fresh_machine(src: &Path, tokens: &Path) -> Running {
 
 /// Every path under `dir` with the SHA-256 of its content (directories:
 /// empty): to show a refused restore changed nothing. The token directory
-/// is left out: SoftHSM2 rewrites its `token.object` at every login.
+/// is left out: SoftHSM2 rewrites its `token.object` at every login. So is
+/// an audit directory holding nothing but an empty `lock`: a restore takes
+/// the log's writer lock first (kmsd creates the same at its start).
 fn listing(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let lock = dir.join("audit/lock");
+    let only_lock = fs::read_dir(dir.join("audit")).is_ok_and(|d| d.count() == 1)
+        && fs::metadata(&lock).is_ok_and(|m| m.len() == 0);
     let mut out = BTreeMap::new();
     let mut todo = vec![dir.to_owned()];
     while let Some(d) = todo.pop() {
         for e in fs::read_dir(&d).unwrap().flatten() {
             let p = e.path();
-            if p == dir.join("tokens") {
+            if p == dir.join("tokens") || (only_lock && (p == lock || p == dir.join("audit"))) {
                 continue;
             }
             if p.is_dir() {
@@ -238,10 +243,18 @@ fn an_online_backup_restores_on_a_fresh_machine_and_issuance_goes_on() {
         .to_owned();
     serials.push(lost.clone());
     assert!(a.stop().success());
+    // The archive's log ends with its own backup.create record.
     let created = records(&a, "backup.create");
     assert_eq!(created.len(), 1);
-    assert_eq!(created[0]["details"]["sha256"], summary["sha256"]);
+    assert_eq!(created[0]["seq"], backed_up);
     assert_eq!(created[0]["details"]["online"], true);
+    assert_eq!(
+        created[0]["details"]["state_sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
 
     // The fresh machine: restore, start, verify.
     let mut f = fresh_machine(&a.dir, &hsm.join("tokens"));
@@ -332,7 +345,7 @@ fn an_older_backup_is_refused_against_the_checkpoint_officers_hold_unless_accept
     issue(&a, &pem, "VBUS-PWR-2412-000002", &uuid);
     let note = ok(a.kmsctl(&["audit", "checkpoint"]));
     let m: u64 = note.lines().nth(1).unwrap().parse().unwrap();
-    assert!(m > n + 1, "checkpoint {m}, backup {n}");
+    assert!(m > n, "checkpoint {m}, backup {n}");
     let latest = tmp.join("latest.note");
     fs::write(&latest, &note).unwrap();
     assert!(a.stop().success());
@@ -509,4 +522,285 @@ fn bad_archives_and_targets_are_refused_and_change_nothing() {
     );
     let verified = ok(f.kmsctl(&["audit", "verify"]));
     assert!(verified.starts_with("audit log OK"), "{verified}");
+}
+
+/// The archive's audit records (parsed bodies) and store entries
+/// (tree, key as text).
+fn archive_content(path: &Path) -> (Vec<Value>, Vec<(String, String)>) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = fs::read_to_string(path).unwrap();
+    let mut records = Vec::new();
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("{\"seq\"") {
+            records.push(json(json(line)["body"].as_str().unwrap()));
+        } else if line.starts_with("{\"t\":\"store\"") {
+            let v = json(line);
+            let key = b64.decode(v["key"].as_str().unwrap()).unwrap();
+            entries.push((
+                v["tree"].as_str().unwrap().to_owned(),
+                String::from_utf8_lossy(&key).into_owned(),
+            ));
+        }
+    }
+    (records, entries)
+}
+
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+/// One mTLS client (ureq over rustls) with a credential of `a`.
+fn agent(a: &Running, cred: &str) -> ureq::Agent {
+    let d = a.credential(cred);
+    let read = |f: &str| fs::read_to_string(d.join(f)).unwrap();
+    let target = common::load::Target::new(
+        format!("127.0.0.1:{}", a.api).parse().unwrap(),
+        &read("ca.pem"),
+        &read("cert.pem"),
+        &read("key.pem"),
+    );
+    ureq::AgentBuilder::new()
+        .tls_config(target.tls)
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+}
+
+/// POST `body`: (status, JSON).
+fn post(agent: &ureq::Agent, base: &str, path: &str, body: &str) -> (u16, Value) {
+    let r = match agent
+        .post(&format!("{base}{path}"))
+        .set("Content-Type", "application/json")
+        .send_string(body)
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("POST {path}: {e}"),
+    };
+    let status = r.status();
+    (status, r.into_json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn online_backups_under_load_hold_every_recorded_effect_and_no_other() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut a = Running::start();
+    let tmp = a.tmp.path().to_owned();
+    let base = a.url("");
+    let devices = Arc::new(common::make_devices(400));
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four stations' worth of load: issue a device, mint its PSK.
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (agent, base) = (agent(&a, STATION), base.clone());
+            let (devices, next, stop) = (devices.clone(), next.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Some(d) = devices.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                        break;
+                    };
+                    let body = format!(
+                        "{{\"csr\":{},\"hw_uuid\":\"{}\"}}",
+                        softhsm_tests::json_string(&d.csr_pem),
+                        d.uuid
+                    );
+                    let path = format!("/v1/devices/{}/certificate", d.serial);
+                    let (status, v) = post(&agent, &base, &path, &body);
+                    assert_eq!(status, 201, "{v}");
+                    let path = format!("/v1/devices/{}/psk", d.serial);
+                    let (status, v) = post(&agent, &base, &path, "");
+                    assert_eq!(status, 201, "{v}");
+                }
+            })
+        })
+        .collect();
+    let mut archives = Vec::new();
+    for i in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let archive = tmp.join(format!("load-{i}.backup"));
+        ok(a.kmsctl(&["backup", "--out", archive.to_str().unwrap()]));
+        archives.push(archive);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(a.stop().success());
+    let tokens = a.dir.join("tokens");
+
+    for archive in &archives {
+        // In the archive itself: every recorded effect is in the store, and
+        // every escrow entry and certificate has its record.
+        let (records, entries) = archive_content(archive);
+        let last = records.last().unwrap();
+        assert_eq!(last["op"], "backup.create", "{last}");
+        let has = |tree: &str, key: &str| entries.iter().any(|(t, k)| t == tree && k == key);
+        let mut psks = Vec::new();
+        let mut certs = Vec::new();
+        for r in &records {
+            match (r["op"].as_str().unwrap(), r["result"].as_str().unwrap()) {
+                ("secret.issue", "ok") => {
+                    let serial = r["subject"].as_str().unwrap().to_owned();
+                    let key = format!("{serial}/psk");
+                    assert!(has("escrow", &key), "{key}: recorded, not in the store");
+                    psks.push(serial);
+                }
+                ("certificate.issue", "ok") if r["details"]["new"] == true => {
+                    let serial = r["details"]["certificate"]["serial_number"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
+                    assert!(
+                        has("certificates", &serial) || has("certificates", &serial.to_uppercase()),
+                        "certificate {serial}: recorded, not in the store"
+                    );
+                    certs.push((r["subject"].as_str().unwrap().to_owned(), serial));
+                }
+                _ => {}
+            }
+        }
+        let escrowed = entries.iter().filter(|(t, _)| t == "escrow").count();
+        assert_eq!(escrowed, psks.len(), "escrow entries without their record");
+        let stored = entries.iter().filter(|(t, _)| t == "certificates").count();
+        assert!(stored >= certs.len());
+        assert!(!psks.is_empty(), "no PSK in {}", archive.display());
+
+        // Restored on a fresh machine (the token as it is now: the backup
+        // is older than its checkpoint, so accepted as a rollback).
+        let mut f = fresh_machine(&a.dir, &tokens);
+        ok(f.kmsctl(&[
+            "restore",
+            "--in",
+            archive.to_str().unwrap(),
+            "--accept-rollback",
+        ]));
+        f.restart();
+        let (station, base) = (agent(&f, STATION), f.url(""));
+        for serial in &psks {
+            let (status, v) = post(&station, &base, &format!("/v1/devices/{serial}/psk"), "");
+            assert_eq!(status, 409, "{serial}: {v}");
+            assert_eq!(v["error"]["code"], "psk_already_issued", "{serial}: {v}");
+        }
+        for (device, cert) in &certs {
+            let (status, v) = f.curl(Some(STATION), &format!("/v1/devices/{device}"), &[]);
+            assert_eq!(status, 200, "{device}: {v}");
+            assert!(v.contains(cert.as_str()), "{device}: {v}");
+        }
+        assert!(f.stop().success());
+    }
+}
+
+#[test]
+fn the_newest_backup_restores_against_the_token_and_note_taken_right_after_and_is_sealed() {
+    let mut a = Running::start();
+    let tmp = a.tmp.path().to_owned();
+    let (pem, uuid) = csr(&tmp, "VBUS-PWR-2412-000009", 9);
+    issue(&a, &pem, "VBUS-PWR-2412-000009", &uuid);
+    let archive = tmp.join("newest.backup");
+    let summary = json(&ok(a.kmsctl(&[
+        "backup",
+        "--out",
+        archive.to_str().unwrap(),
+        "--json",
+    ])));
+    let n = summary["records"].as_u64().unwrap();
+    // The officers' checkpoint, right after: it covers the backup's own
+    // record, and nothing more.
+    let note = ok(a.kmsctl(&["audit", "checkpoint"]));
+    assert_eq!(note.lines().nth(1).unwrap(), n.to_string(), "{note}");
+    let latest = tmp.join("latest.note");
+    fs::write(&latest, &note).unwrap();
+    // The token as it is right then (kmsd's own stop is recorded later).
+    let hsm = tmp.join("hsm-now");
+    fs::create_dir(&hsm).unwrap();
+    copy(&a.dir.join("tokens"), &hsm.join("tokens"));
+    assert!(a.stop().success());
+
+    // An archive whose policy file was edited, its end hash recomputed.
+    let text = fs::read_to_string(&archive).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let end = lines.pop().unwrap();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("{\"t\":\"file\"") && l.contains("\"kind\":\"policy\""))
+        .expect("the policy file is in the archive");
+    let data = json(&lines[at])["data"].as_str().unwrap().to_owned();
+    let policy = b64.decode(&data).unwrap();
+    let mut policy = String::from_utf8(policy).unwrap();
+    policy.push_str("\n# an extra line nobody signed\n");
+    lines[at] = lines[at].replace(&data, &b64.encode(policy));
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let old = json(&end)["sha256"].as_str().unwrap().to_owned();
+    let new = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+    let edited = tmp.join("edited.backup");
+    fs::write(&edited, format!("{body}{}\n", end.replace(&old, &new))).unwrap();
+
+    let f = fresh_machine(&a.dir, &hsm.join("tokens"));
+    let before = listing(&f.dir);
+    let err = refused(
+        f.kmsctl(&["restore", "--in", edited.to_str().unwrap()]),
+        "backup_corrupt",
+    );
+    assert!(err.contains("signed backup.create record"), "{err}");
+    unchanged(&f.dir, &before);
+
+    // The genuine one, onto the token as it is now and against the note:
+    // both hold, no --accept-rollback needed.
+    let said = ok(f.kmsctl(&[
+        "restore",
+        "--in",
+        archive.to_str().unwrap(),
+        "--checkpoint",
+        latest.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        said.matches("the backup holds them all").count(),
+        2,
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("the restore is record {}", n + 1)),
+        "{said}"
+    );
+}
+
+#[test]
+fn two_restores_at_once_onto_one_target_one_wins_and_the_target_is_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("appliance");
+    let out = quickstart(&src, free_port());
+    assert!(out.status.success());
+    let archive = tmp.path().join("one.backup");
+    ok(kmsctl(
+        &src,
+        &["backup", "--out", archive.to_str().unwrap()],
+    ));
+    for _ in 0..3 {
+        let mut f = fresh_machine(&src, &src.join("tokens"));
+        let outs: Vec<Output> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| f.kmsctl(&["restore", "--in", archive.to_str().unwrap(), "--json"]))
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(won, 1, "{outs:?}");
+        let lost = outs.iter().find(|o| !o.status.success()).unwrap();
+        let err = String::from_utf8_lossy(&lost.stderr);
+        assert!(
+            err.starts_with("error[audit_unavailable]")
+                || err.starts_with("error[restore_target_not_empty]"),
+            "{err}"
+        );
+        // The target is the winner's, whole: its log verifies, kmsd starts.
+        let verified = ok(f.kmsctl(&["audit", "verify"]));
+        assert!(verified.starts_with("audit log OK"), "{verified}");
+        assert_eq!(records(&f, "backup.restore").len(), 1);
+        f.restart();
+        assert!(f.stop().success());
+    }
 }

@@ -184,33 +184,17 @@ pub trait Store: Send + Sync {
     /// in [`Tree::ALL`] order, keys in order) as of one moment: a commit is
     /// seen whole or not at all. For backups; returns the number of entries.
     ///
-    /// The default pages through [`Store::scan`] and is that consistent only
-    /// while nothing commits (a store no service holds open); a backend that
-    /// serves writers meanwhile overrides it (sled holds commits off for the
-    /// visit; a database would read in one snapshot-isolated transaction).
-    /// `visit` must not call back into the store.
+    /// A backend must provide it: paging through [`Store::scan`] is not
+    /// one moment while anything commits, so the default refuses
+    /// (`Unavailable`) rather than hand a backup a silently torn store.
+    /// sled holds commits off for the visit; a database would read in one
+    /// snapshot-isolated transaction. `visit` must not call back into the
+    /// store.
     fn snapshot_each(&self, visit: &mut SnapshotVisitor<'_>) -> Result<u64> {
-        const PAGE: usize = 1000;
-        let mut n = 0u64;
-        for tree in Tree::ALL {
-            let mut from = Vec::new();
-            loop {
-                let page = self.scan(tree, &from, PAGE)?;
-                let full = page.len() == PAGE;
-                for (k, v) in &page {
-                    visit(tree, k, v)?;
-                    n += 1;
-                }
-                match page.last() {
-                    Some((k, _)) if full => {
-                        from = k.clone();
-                        from.push(0); // the next key after k
-                    }
-                    _ => break,
-                }
-            }
-        }
-        Ok(n)
+        let _ = visit;
+        Err(Error::Unavailable(
+            "this store backend has no consistent snapshot: it cannot be backed up".into(),
+        ))
     }
 }
 
@@ -384,9 +368,21 @@ mod tests {
         writes.push(insert(Tree::Escrow, "e/psk", "blob"));
         mem.commit(&writes).unwrap().unwrap();
         let expected = mem.snapshot().unwrap();
+        // A backend without a snapshot of its own refuses, rather than
+        // page through a store that may change meanwhile.
         let paged = Paged(MemoryStore::new());
         paged.commit(&writes).unwrap().unwrap();
-        for store in [&mem as &dyn Store, &paged] {
+        let mut visited = 0;
+        let err = paged
+            .snapshot_each(&mut |_, _, _| {
+                visited += 1;
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("no consistent snapshot"), "{err}");
+        assert_eq!(visited, 0);
+        {
+            let store: &dyn Store = &mem;
             let mut seen: Snapshot = BTreeMap::new();
             let mut order = Vec::new();
             let n = store

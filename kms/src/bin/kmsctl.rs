@@ -947,7 +947,20 @@ fn backup_command(cli: &Cli, out: &Path) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    // A hard link, not a rename: it fails if FILE appeared since the check
+    // above, rather than replacing it.
+    let linked = std::fs::hard_link(&tmp, out);
+    let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = linked {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            return Err(kms::Error::InvalidInput(format!(
+                "{} exists: a backup never overwrites a file; choose another --out",
+                out.display()
+            ))
+            .into());
+        }
+        return Err(anyhow::Error::new(e).context(format!("linking {}", out.display())));
+    }
     std::fs::File::open(&parent)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", parent.display()))?;
@@ -996,7 +1009,7 @@ fn print_restore(
         return Ok(());
     }
     println!(
-        "restored a backup taken {} by {} (sha256 {}): {} store entries, {} audit records, \
+        "restored a backup taken {} by {:?} (sha256 {}): {} store entries, {} audit records, \
          {} file(s); the token holds all {} key(s) of its manifest",
         report.created,
         report.created_by,
