@@ -110,21 +110,35 @@ impl SledStore {
     /// [`SledStore::open`] writing journaled commits out every
     /// `flush_every_ms` (at least 1).
     pub fn open_with(path: &Path, flush_every_ms: u64) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(flush_every_ms.max(1)))
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    Error::Unavailable(format!(
-                        "{} is in use by another process (is kmsd running?)",
-                        path.display()
-                    ))
+            .cache_capacity(CACHE_BYTES);
+        // sled releases its file lock when its last background thread lets
+        // go of the database, a moment after the handle is dropped: a
+        // reopen in the same process (restore, tests) waits that moment out.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let opened = loop {
+            match config.open() {
+                Err(sled::Error::Io(io))
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < give_up =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                other => unavailable(path, other),
-            })?;
+                other => break other,
+            }
+        };
+        let db = opened.map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                Error::Unavailable(format!(
+                    "{} is in use by another process (is kmsd running?)",
+                    path.display()
+                ))
+            }
+            other => unavailable(path, other),
+        })?;
         let trees = Tree::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
