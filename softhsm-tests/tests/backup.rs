@@ -549,22 +549,6 @@ fn archive_content(path: &Path) -> (Vec<Value>, Vec<(String, String)>) {
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-/// One mTLS client (ureq over rustls) with a credential of `a`.
-fn agent(a: &Running, cred: &str) -> ureq::Agent {
-    let d = a.credential(cred);
-    let read = |f: &str| fs::read_to_string(d.join(f)).unwrap();
-    let target = common::load::Target::new(
-        format!("127.0.0.1:{}", a.api).parse().unwrap(),
-        &read("ca.pem"),
-        &read("cert.pem"),
-        &read("key.pem"),
-    );
-    ureq::AgentBuilder::new()
-        .tls_config(target.tls)
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-}
-
 /// POST `body`: (status, JSON).
 fn post(agent: &ureq::Agent, base: &str, path: &str, body: &str) -> (u16, Value) {
     let r = match agent
@@ -593,7 +577,7 @@ fn online_backups_under_load_hold_every_recorded_effect_and_no_other() {
     // Four stations' worth of load: issue a device, mint its PSK.
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (agent, base) = (agent(&a, STATION), base.clone());
+            let (agent, base) = (common::mtls_agent(&a, STATION), base.clone());
             let (devices, next, stop) = (devices.clone(), next.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
@@ -676,7 +660,7 @@ fn online_backups_under_load_hold_every_recorded_effect_and_no_other() {
             "--accept-rollback",
         ]));
         f.restart();
-        let (station, base) = (agent(&f, STATION), f.url(""));
+        let (station, base) = (common::mtls_agent(&f, STATION), f.url(""));
         for serial in &psks {
             let (status, v) = post(&station, &base, &format!("/v1/devices/{serial}/psk"), "");
             assert_eq!(status, 409, "{serial}: {v}");

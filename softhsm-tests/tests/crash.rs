@@ -65,23 +65,6 @@ struct Round {
     unexpected: Vec<String>,
 }
 
-/// One mTLS HTTP client (ureq over rustls) with a credential of the
-/// quickstart appliance.
-fn agent(a: &Running, cred: &str) -> ureq::Agent {
-    let d = a.credential(cred);
-    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-    let target = common::load::Target::new(
-        format!("127.0.0.1:{}", a.api).parse().unwrap(),
-        &read("ca.pem"),
-        &read("cert.pem"),
-        &read("key.pem"),
-    );
-    ureq::AgentBuilder::new()
-        .tls_config(target.tls)
-        .timeout(Duration::from_secs(30))
-        .build()
-}
-
 /// POST `body` to `path`: Ok((status, JSON)) for any HTTP answer, Err for
 /// a connection that broke (the kill).
 fn post(
@@ -224,8 +207,8 @@ fn sha2_256(bytes: &[u8]) -> [u8; 32] {
 /// After a restart: every operation acknowledged in the round is there.
 fn check_acknowledged(a: &Running, acked: &[Op]) {
     let base = a.url("");
-    let station = agent(a, STATION);
-    let officer = agent(a, "officer");
+    let station = common::mtls_agent(a, STATION);
+    let officer = common::mtls_agent(a, "officer");
     for op in acked {
         match op {
             Op::Issued(device, cert) => {
@@ -304,7 +287,10 @@ fn acknowledged_operations_survive_kill_9_under_load() {
             let handles: Vec<_> = mine
                 .iter_mut()
                 .map(|m| {
-                    let (station, officer) = (agent(&a, STATION), agent(&a, "officer"));
+                    let (station, officer) = (
+                        common::mtls_agent(&a, STATION),
+                        common::mtls_agent(&a, "officer"),
+                    );
                     let (base, next, stop) = (base.clone(), next_device.clone(), stop.clone());
                     let client_rng = Rng(rng.next() | 1);
                     s.spawn(move || client(station, officer, base, next, stop, client_rng, m))
@@ -628,7 +614,7 @@ fn full_disk_case(on_volume: &[&str], reserve_mb: u64, expected: &str) {
     });
     let fs = fs_guard.take().unwrap();
     let base = a.url("");
-    let station = agent(&a, STATION);
+    let station = common::mtls_agent(&a, STATION);
     let mut acked = Vec::new();
     for i in 0..5 {
         let (device, status, v) = issue_device(&station, &base, 900_000 + i);

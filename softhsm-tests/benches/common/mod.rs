@@ -384,3 +384,21 @@ pub fn open_appliance(
     let app = kms::appliance::Appliance::open(cfg, token.clone()).or_die("open the appliance");
     (app, token)
 }
+
+/// A ureq client speaking mTLS (rustls) to the API of the quickstart
+/// appliance `a`, with the credential in `a.credential(cred)` (`ca.pem`,
+/// `cert.pem`, `key.pem`): for tests that send many requests from threads.
+pub fn mtls_agent(a: &softhsm_tests::Running, cred: &str) -> ureq::Agent {
+    let d = a.credential(cred);
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).or_die(f);
+    let target = load::Target::new(
+        format!("127.0.0.1:{}", a.api).parse().or_die("API address"),
+        &read("ca.pem"),
+        &read("cert.pem"),
+        &read("key.pem"),
+    );
+    ureq::AgentBuilder::new()
+        .tls_config(target.tls)
+        .timeout(Duration::from_secs(60))
+        .build()
+}
