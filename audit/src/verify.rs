@@ -63,9 +63,12 @@ pub fn verify_export(
     let mut unescaped = String::new();
     for n in 0.. {
         line.clear();
-        let read = input
-            .read_line(&mut line)
-            .map_err(|e| bad(last + 1, format!("reading line {}: {e}", n + 1)))?;
+        let read = input.read_line(&mut line).map_err(|e| {
+            bad(
+                last.saturating_add(1),
+                format!("reading line {}: {e}", n + 1),
+            )
+        })?;
         if read == 0 {
             break;
         }
@@ -81,7 +84,7 @@ pub fn verify_export(
                 checkpoint: None,
             },
             None => serde_json::from_str(line)
-                .map_err(|e| bad(last + 1, format!("line {}: {e}", n + 1)))?,
+                .map_err(|e| bad(last.saturating_add(1), format!("line {}: {e}", n + 1)))?,
         };
         match l {
             Line {
@@ -90,11 +93,17 @@ pub fn verify_export(
                 hash: Some(hash),
                 checkpoint: None,
             } => {
+                if seq == 0 {
+                    // `first == 0` means "no record yet": a record 0 would
+                    // let the next one restart the numbering and shift
+                    // every checkpoint's head by one.
+                    return Err(bad(1, "record seq 0: sequence numbers start at 1"));
+                }
                 if first == 0 {
                     first = seq;
-                } else if seq != last + 1 {
+                } else if last.checked_add(1) != Some(seq) {
                     return Err(bad(
-                        last + 1,
+                        last.saturating_add(1),
                         format!(
                             "record {} follows record {last}: records missing or reordered",
                             seq
@@ -147,7 +156,7 @@ pub fn verify_export(
             } => check_checkpoint(verifier, &note, last, first, &heads, &mut report)?,
             _ => {
                 return Err(bad(
-                    last + 1,
+                    last.saturating_add(1),
                     format!("line {} is neither a record nor a checkpoint", n + 1),
                 ))
             }

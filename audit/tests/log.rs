@@ -181,6 +181,48 @@ fn every_tampering_is_reported_at_the_right_record() {
     assert_eq!(seq, 5);
     assert!(why.contains("smaller than an earlier"), "{why}");
 
+    // A record numbered 0 that carries the head a genuine checkpoint signs,
+    // then a forged record of that checkpoint's size chained under it, then
+    // the genuine checkpoint: sequence numbers start at 1, so it is refused.
+    // (Found while writing the fuzz targets: a first record numbered 0 used
+    // to let the next one set the numbering, and the checkpoint of size 10
+    // was compared with the head of the record numbered 0, so the forged
+    // record 10 verified as covered by it.)
+    let head_10 = {
+        let r: serde_json::Value = serde_json::from_str(&lines[line_of(10)]).unwrap();
+        r["hash"].as_str().unwrap().to_owned()
+    };
+    let zero =
+        r#"{"seq":0,"time_ms":1,"actor":"x","op":"x","subject":"-","result":"ok","details":{}}"#;
+    let forged = r#"{"seq":10,"time_ms":1,"actor":"intruder","op":"certificate.issue","subject":"VBUS-CPU-2412-999999","result":"ok","details":{}}"#;
+    let forged_hash = audit::chain(
+        &hex::decode(&head_10).unwrap().try_into().unwrap(),
+        forged.as_bytes(),
+    );
+    let renumbered = vec![
+        serde_json::json!({ "seq": 0, "body": zero, "hash": head_10 }).to_string(),
+        serde_json::json!({ "seq": 10, "body": forged, "hash": hex::encode(forged_hash) })
+            .to_string(),
+        cps[1].clone(), // the genuine checkpoint of size 10
+    ];
+    let (seq, why) = bad_seq(verify(&renumbered, &key, None));
+    assert_eq!(seq, 1, "{why}");
+    assert!(why.contains("start at 1"), "{why}");
+
+    // The largest sequence number, then anything: refused, not an overflow
+    // of `last + 1` (a panic in debug builds; found with the one above).
+    let last = u64::MAX;
+    let at_max = serde_json::json!({
+        "seq": last,
+        "body": format!(r#"{{"seq":{last},"time_ms":1,"actor":"x","op":"x","subject":"-","result":"ok","details":{{}}}}"#),
+        "hash": "00".repeat(32),
+    })
+    .to_string();
+    for next in [at_max.clone(), "not json".to_owned()] {
+        let (seq, why) = bad_seq(verify(&[at_max.clone(), next], &key, None));
+        assert_eq!(seq, u64::MAX, "{why}");
+    }
+
     // A record appended after the last checkpoint by someone without the
     // key: the chain is valid, but the next genuine checkpoint disagrees.
     let genuine_13 = {
