@@ -118,6 +118,21 @@ pub enum Error {
         /// The OS error.
         error: std::io::Error,
     },
+    /// The device cannot be reached or opened (transport, token absent,
+    /// wrong PIN, bad device URI).
+    #[error("device unreachable: {0}")]
+    DeviceUnreachable(String),
+    /// The device refused or failed an operation.
+    #[error("device refused: {0}")]
+    DeviceRefused(String),
+    /// The device already holds what we asked it to create (a key, a
+    /// certificate, a secret), or is locked.
+    #[error("device already holds {0}")]
+    DeviceHolds(String),
+    /// Provisioning cannot go on without an operator decision (e.g. the
+    /// appliance already issued a PSK the device does not hold).
+    #[error("provisioning stopped: {0}")]
+    ProvisionStopped(String),
     /// A broken internal invariant (a bug), reported instead of panicking.
     #[error("internal error: {0}")]
     Unreachable(&'static str),
@@ -145,6 +160,10 @@ impl Error {
             Error::JournalCorrupt { .. } => "journal_corrupt",
             Error::JournalInUse(_) => "journal_in_use",
             Error::Io { .. } => "io_error",
+            Error::DeviceUnreachable(_) => "device_unreachable",
+            Error::DeviceRefused(_) => "device_refused",
+            Error::DeviceHolds(_) => "device_already_holds",
+            Error::ProvisionStopped(_) => "provision_stopped",
             Error::Unreachable(_) => "internal_error",
         }
     }

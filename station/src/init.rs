@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 
-use der::EncodePem as _;
+use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{DerSignature, SigningKey};
 use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
-use x509_cert::builder::{Builder as _, RequestBuilder};
+use x509_cert::builder::RequestBuilder;
 use x509_cert::name::Name;
 
 use crate::error::{Error, Result};
@@ -63,9 +63,10 @@ fn station_csr(id: &str, key: &SigningKey) -> Result<String> {
         .map_err(|e| Error::KeyGeneration(format!("subject: {e}")))?;
     let builder =
         RequestBuilder::new(subject, key).map_err(|e| Error::KeyGeneration(format!("CSR: {e}")))?;
-    let csr = builder
-        .build::<DerSignature>()
-        .map_err(|e| Error::KeyGeneration(format!("signing the CSR: {e}")))?;
-    csr.to_pem(LineEnding::LF)
-        .map_err(|e| Error::KeyGeneration(format!("encoding the CSR: {e}")))
+    crate::csr::signed_request(builder, key.verifying_key(), |info| {
+        let sig: DerSignature = key
+            .try_sign(info)
+            .map_err(|e| Error::KeyGeneration(format!("signing the CSR: {e}")))?;
+        Ok(sig.as_bytes().to_vec())
+    })
 }

@@ -20,11 +20,15 @@
 pub mod batch;
 mod client;
 mod credential;
+mod csr;
+pub mod device;
 mod error;
 mod fsutil;
 mod init;
 mod output;
+pub mod provision;
 mod record;
+pub mod serial;
 
 pub use batch::write_certificate;
 pub use client::{

@@ -50,6 +50,16 @@ Exit status: 0 written; 1 error, printed as `error[<code>]: <message>`
 (device_not_found, psk_already_issued, secret_already_issued,
 secret_purpose_unknown, file_exists, transport_error, ...).";
 
+const PROVISION_HELP: &str = "\
+The hardware UUID is derived from the device's unique ID (UUIDv8,
+SHA-256 of a fixed namespace and the UID; see the README). Each step reads
+the device back first: a re-run after any failure finishes the job.
+
+Exit status: 0 provisioned (or already provisioned: nothing changed);
+1 error, printed as `error[<code>]: <message>` (device_unreachable,
+device_refused, device_already_holds, provision_stopped, the appliance's
+code for a refusal such as module_type_not_allowed, transport_error, ...).";
+
 /// Images at least this large get a progress bar while they are hashed.
 const PROGRESS_FROM: u64 = 16 * 1024 * 1024;
 
@@ -201,6 +211,29 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
+    },
+    /// Provision one device end to end: its unique ID, a key generated on
+    /// the device, a CSR the device signs, enrolment, the certificate and
+    /// chain written back, the PSK (--psk), lock-down and the provisioning
+    /// record (--record). Every step is skipped when the device already
+    /// holds its result, so running it again resumes (never a second
+    /// certificate or PSK).
+    #[command(after_help = PROVISION_HELP)]
+    Provision {
+        /// Module serial, VBUS-{CPU|PWR|PERIPH|COMM}-YYMM-NNNNNN.
+        #[arg(long)]
+        serial: String,
+        /// The device: an RFC 7512 URI `pkcs11:token=LABEL?module-path=…&pin-source=FILE`
+        /// (or pin-value=…), or a serial line: `serial:/dev/ttyUSB0` or a
+        /// `/dev/…` tty path (e.g. the pty printed by `vbus-devsim`).
+        #[arg(long, value_name = "URI")]
+        device: String,
+        /// Inject the device's PSK (fetched once from the appliance).
+        #[arg(long)]
+        psk: bool,
+        /// Provisioning record to attach (JSON, as for `station record`).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
     },
     /// Check a firmware image against its signed manifest before flashing,
     /// as the bootloader will: the manufacturer's signature over the whole
@@ -381,6 +414,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Provision {
+            serial,
+            device,
+            psk,
+            record,
+        } => provision(cli, serial, device, *psk, record.as_deref()),
         Command::VerifyFirmware {
             manifest,
             image,
@@ -479,6 +518,69 @@ fn keypair(cli: &Cli, serial: &str, uuid: &str, out: &Path) -> anyhow::Result<Ex
             "keypair for {serial}: certificate {}, valid until {}",
             kp.serial_number, kp.not_after
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `station provision`.
+fn provision(
+    cli: &Cli,
+    serial: &str,
+    device_uri: &str,
+    psk: bool,
+    record: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let record = match record {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            Some(
+                ProvisioningRecord::from_json(&text)
+                    .with_context(|| format!("checking {}", file.display()))?,
+            )
+        }
+        None => None,
+    };
+    let client = client(cli)?;
+    let mut device: Box<dyn station::device::DeviceLink> = if device_uri
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:"))
+    {
+        Box::new(station::device::pkcs11::Pkcs11Device::open(device_uri)?)
+    } else if let Some(tty) = device_uri
+        .strip_prefix("serial:")
+        .or_else(|| device_uri.starts_with("/dev/").then_some(device_uri))
+    {
+        Box::new(station::serial::SerialDevice::open(tty)?)
+    } else {
+        return Err(Coded {
+            code: "usage_error",
+            message: "--device: a pkcs11: URI, serial:TTY or a /dev/... tty path".into(),
+        }
+        .into());
+    };
+    let opts = station::provision::ProvisionOptions {
+        serial: serial.to_owned(),
+        psk,
+        record,
+    };
+    let json = cli.json;
+    let report = station::provision::provision(device.as_mut(), &client, &opts, &mut |s| {
+        if !json {
+            println!("  {:<12} {:<8} {}", s.step, s.outcome, s.detail);
+        }
+    })?;
+    if json {
+        print_json(&report)?;
+    } else {
+        println!("{serial}: hardware UUID {}", report.hw_uuid);
+        println!("  certificate  {}", report.certificate_serial);
+        println!("  key sha256   {}", report.public_key_sha256);
+        if report.unchanged {
+            println!("{serial}: already provisioned; nothing changed");
+        } else {
+            println!("{serial}: provisioned");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
