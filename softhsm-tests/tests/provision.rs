@@ -1,18 +1,24 @@
-//! `station provision` over PKCS#11 against the real `kmsd`: SoftHSM2
-//! tokens stand in for the devices' secure elements, `pkcs11-tool` and
-//! `openssl` are the outside witnesses, and faults (the device vanishing
-//! at each step, the appliance refusing, a key already there, a second
-//! run) each end in a clear state that a re-run completes.
+//! `station provision` over PKCS#11 and over a serial line against the real
+//! `kmsd`: SoftHSM2 tokens stand in for the devices' secure elements and
+//! `vbus-devsim` on a pty for modules on a UART; `pkcs11-tool`, `openssl`
+//! and the simulator's state file are the outside witnesses, and faults
+//! (the device vanishing at each step, the appliance refusing, a key
+//! already there, a second run, a corrupting line) each end in a clear
+//! state that a re-run completes. `station provision-batch` drives several
+//! simulators at once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use softhsm_tests::{bin, ok, run, Running, SoftHsm, MODULE, SO_PIN, USER_PIN};
 use station::device::pkcs11::Pkcs11Device;
 use station::device::{DeviceLink, DeviceStatus};
 use station::provision::{provision, ProvisionOptions};
+use station::serial::{SerialDevice, SerialOptions};
 
 /// Device tokens, all in one SoftHSM2 config (this process reads its
 /// config once, for the in-process fault cases).
@@ -494,4 +500,406 @@ fn the_appliance_refusing_leaves_only_the_key_which_a_rerun_reuses() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A running `vbus-devsim`, killed when dropped.
+struct Devsim {
+    child: Child,
+    tty: String,
+}
+
+impl Drop for Devsim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `vbus-devsim --state STATE --uid UID EXTRA…`, once it printed its tty.
+fn devsim(state: &Path, uid: &str, extra: &[&str]) -> Devsim {
+    let mut child = Command::new(bin("vbus-devsim"))
+        .arg("--state")
+        .arg(state)
+        .args(["--uid", uid])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // The guard first: a simulator that fails to start is still killed.
+    let mut sim = Devsim {
+        child,
+        tty: String::new(),
+    };
+    // Both lines read before the pipe closes: the simulator stops on a
+    // write to a closed standard output.
+    let mut uid_seen = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(tty) = line.strip_prefix("VBUS_DEVSIM_TTY=") {
+            sim.tty = tty.to_owned();
+        }
+        uid_seen |= line.starts_with("VBUS_DEVSIM_UID=");
+        if uid_seen && !sim.tty.is_empty() {
+            break;
+        }
+    }
+    assert!(!sim.tty.is_empty(), "vbus-devsim {extra:?} printed no tty");
+    sim
+}
+
+/// Serial timeouts short enough for a silent device to fail quickly.
+const FAST: [&str; 4] = ["--serial-timeout", "400", "--serial-slow-timeout", "4000"];
+
+fn station_cli(a: &Running, args: &[&str]) -> Output {
+    run(Command::new(bin("station"))
+        .arg("--url")
+        .arg(a.url(""))
+        .arg("--credential")
+        .arg(a.credential("stations/station-01"))
+        .args(args))
+}
+
+fn provision_serial(a: &Running, serial: &str, tty: &str) -> Output {
+    let device = format!("serial:{tty}");
+    let mut args = vec![
+        "provision",
+        "--serial",
+        serial,
+        "--device",
+        &device,
+        "--psk",
+    ];
+    args.extend(FAST);
+    station_cli(a, &args)
+}
+
+/// The simulator's state file (its device's storage, read from outside).
+fn devsim_state(state: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(state.join("devsim-state.json")).unwrap())
+        .unwrap()
+}
+
+/// What the device holds, read over the line (GET_PUBKEY and STATUS).
+fn device_status(tty: &str) -> (Vec<u8>, DeviceStatus) {
+    let mut dev = SerialDevice::open_with(
+        tty,
+        SerialOptions {
+            timeout: Duration::from_millis(1000),
+            ..SerialOptions::default()
+        },
+    )
+    .unwrap();
+    let key = dev.public_key().unwrap().unwrap();
+    (key, dev.status().unwrap())
+}
+
+/// The appliance issued one certificate for `serial` (its serial number,
+/// lowercase hex), and the device on `tty` (state in `state`) holds it:
+/// the certificate in the state file is the one of that serial number,
+/// certifies the key the device reports, and verifies with `openssl
+/// verify` against the appliance's CA files; the device holds the PSK and
+/// is locked; the appliance refuses a second PSK.
+fn assert_serial_device_provisioned(a: &Running, serial: &str, tty: &str, state: &Path) {
+    use der::{Decode as _, Encode as _};
+    assert_eq!(certificates(a, serial), 1, "{serial}");
+    let (_, body) = a.curl(
+        Some("stations/station-01"),
+        &format!("/v1/devices/{serial}"),
+        &[],
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let issued = v["certificates"][0]["serial_number"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .replace(':', "");
+    let st = devsim_state(state);
+    let leaf_der = hex::decode(st["certificate"].as_str().unwrap()).unwrap();
+    let leaf = x509_cert::Certificate::from_der(&leaf_der).unwrap();
+    assert_eq!(
+        hex::encode(leaf.tbs_certificate.serial_number.as_bytes()).trim_start_matches('0'),
+        issued.trim_start_matches('0'),
+        "{serial}: the device's certificate is not the one the appliance issued"
+    );
+    let (key, status) = device_status(tty);
+    assert_eq!(
+        leaf.tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .unwrap(),
+        key,
+        "{serial}: the certificate does not certify the device's key"
+    );
+    assert_eq!(status.certificate.as_deref(), Some(&leaf_der[..]));
+    assert_eq!(status.secrets, vec!["psk".to_owned()], "{serial}");
+    assert!(status.locked, "{serial}");
+    // openssl, the outside witness: the certificate read from the device
+    // verifies against the appliance's root and intermediate
+    let dir = state.with_extension("witness");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("leaf.der"), &leaf_der).unwrap();
+    let pem = run(Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-in"])
+        .arg(dir.join("leaf.der"))
+        .arg("-out")
+        .arg(dir.join("leaf.pem")));
+    assert!(pem.status.success(), "{}", stderr(&pem));
+    let verify = run(Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(a.dir.join("ca/root.pem"))
+        .arg("-untrusted")
+        .arg(a.dir.join("ca/intermediate.pem"))
+        .arg(dir.join("leaf.pem")));
+    assert!(
+        verify.status.success(),
+        "{serial}: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        stderr(&verify)
+    );
+    // the chain stored with it is the appliance's
+    let chain = st["chain"].as_array().unwrap();
+    assert_eq!(chain.len(), 2, "{serial}");
+    // the PSK was issued once: a second request is refused
+    let o = station_cli(
+        a,
+        &[
+            "psk",
+            "--serial",
+            serial,
+            "--out",
+            dir.join("psk-again").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stderr(&o).starts_with("error[psk_already_issued]"),
+        "{serial}: {}",
+        stderr(&o)
+    );
+}
+
+/// `secret.issue` `ok` records per subject, from `kmsctl audit show` (kmsd
+/// stopped).
+fn psk_issuances(a: &Running, serial: &str) -> usize {
+    ok(a.kmsctl(&["audit", "show"]))
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| {
+            r["op"] == "secret.issue"
+                && r["subject"] == serial
+                && r["result"] == "ok"
+                && r["details"]["purpose"] == "psk"
+        })
+        .count()
+}
+
+#[test]
+fn provisions_a_serial_device_and_a_second_run_changes_nothing() {
+    let mut a = Running::start();
+    let serial = "VBUS-CPU-2412-000501";
+    let state = a.tmp.path().join("devsim-501");
+    let sim = devsim(&state, "0011223344556677", &[]);
+
+    let text = ok(provision_serial(&a, serial, &sim.tty));
+    assert!(text.contains(&format!("{serial}: provisioned")), "{text}");
+    for step in [
+        "key          done",
+        "certificate  done",
+        "write        done",
+        "psk          done",
+        "lock         done",
+    ] {
+        assert!(text.contains(step), "{step}: {text}");
+    }
+    assert_serial_device_provisioned(&a, serial, &sim.tty, &state);
+
+    let before = std::fs::read(state.join("devsim-state.json")).unwrap();
+    let again = ok(provision_serial(&a, serial, &sim.tty));
+    assert!(
+        again.contains("already provisioned; nothing changed"),
+        "{again}"
+    );
+    assert!(!again.contains(" done "), "{again}");
+    assert_eq!(
+        std::fs::read(state.join("devsim-state.json")).unwrap(),
+        before
+    );
+    assert_eq!(certificates(&a, serial), 1);
+    drop(sim);
+    a.stop();
+    assert_eq!(psk_issuances(&a, serial), 1);
+}
+
+#[test]
+fn a_serial_device_that_loses_power_at_any_step_is_finished_by_a_rerun() {
+    let mut a = Running::start();
+    // Requests of a whole run: 1 GET_UID, 2 STATUS, 3 GEN_KEY, 4 STATUS,
+    // 5 SIGN, 6 PUT_CERT, 7 STATUS, 8 STATUS, 9 PUT_SECRET, 10 STATUS,
+    // 11 STATUS, 12 LOCK, 13 STATUS. --fail-after N answers N of them.
+    // (N, what the device holds when it goes silent)
+    // (N, when it goes silent, what its storage holds then: key,
+    // certificate, PSK)
+    let rows: [(u64, &str, [bool; 3]); 4] = [
+        (
+            3,
+            "after key generation, before enrolment",
+            [true, false, false],
+        ),
+        (
+            6,
+            "after the certificate write, before its read-back",
+            [true, true, false],
+        ),
+        (7, "before the PSK is asked for", [true, true, false]),
+        (
+            9,
+            "after the PSK is written, before its read-back",
+            [true, true, true],
+        ),
+    ];
+    let mut serials = Vec::new();
+    for (i, (n, what, held)) in rows.iter().enumerate() {
+        let serial = format!("VBUS-CPU-2412-00061{i}");
+        let uid = format!("a1a2a3a4a5a6a7{i:02}");
+        let state = a.tmp.path().join(format!("devsim-61{i}"));
+        let n_s = n.to_string();
+        let sim = devsim(&state, &uid, &["--fail-after", &n_s]);
+        let started = Instant::now();
+        let o = provision_serial(&a, &serial, &sim.tty);
+        let took = started.elapsed();
+        assert!(!o.status.success(), "{what}: {}", stderr(&o));
+        assert!(
+            stderr(&o).starts_with("error[device_unreachable]: "),
+            "{what}: {}",
+            stderr(&o)
+        );
+        // 4 attempts of 400 ms at the silent request, plus the rest
+        assert!(took < Duration::from_secs(15), "{what}: {took:?}");
+        drop(sim);
+        let st = devsim_state(&state);
+        let now = [
+            !st["key"].is_null(),
+            !st["certificate"].is_null(),
+            st["secrets"].get("psk").is_some(),
+        ];
+        assert_eq!(now, *held, "{what}");
+        assert_eq!(st["locked"], false, "{what}");
+
+        // power back, same storage: the re-run finishes the job
+        let sim = devsim(&state, &uid, &[]);
+        let text = ok(provision_serial(&a, &serial, &sim.tty));
+        assert!(
+            text.contains(&format!("{serial}: provisioned")),
+            "{what}: {text}"
+        );
+        assert_serial_device_provisioned(&a, &serial, &sim.tty, &state);
+        serials.push(serial);
+    }
+
+    // a line that damages every third reply: retried, and it completes
+    let serial = "VBUS-CPU-2412-000620";
+    let state = a.tmp.path().join("devsim-620");
+    let sim = devsim(&state, "b1b2b3b4b5b6b7b8", &["--corrupt-every", "3"]);
+    let text = ok(provision_serial(&a, serial, &sim.tty));
+    assert!(text.contains(&format!("{serial}: provisioned")), "{text}");
+    assert_serial_device_provisioned(&a, serial, &sim.tty, &state);
+    serials.push(serial.to_owned());
+    drop(sim);
+
+    // the audit log: one PSK issued per device, never a second
+    a.stop();
+    for serial in &serials {
+        assert_eq!(psk_issuances(&a, serial), 1, "{serial}");
+    }
+}
+
+/// The summary table's row of `serial`.
+fn summary_row<'t>(text: &'t str, serial: &str) -> &'t str {
+    let table = text.rsplit_once("\nserial ").unwrap().1;
+    table
+        .lines()
+        .find(|l| l.starts_with(serial))
+        .unwrap_or_else(|| panic!("no row for {serial}: {text}"))
+}
+
+#[test]
+fn provision_batch_drives_several_serial_devices_and_resumes_the_failed_one() {
+    let a = Running::start();
+    let mut sims = Vec::new();
+    let mut list = String::from("# four simulators\n\n");
+    let serials: Vec<String> = (0..4).map(|i| format!("VBUS-CPU-2412-00070{i}")).collect();
+    let states: Vec<PathBuf> = (0..4)
+        .map(|i| a.tmp.path().join(format!("devsim-70{i}")))
+        .collect();
+    for i in 0..4 {
+        let uid = format!("c1c2c3c4c5c6c7{i:02}");
+        // the third loses power after writing its certificate
+        let extra: &[&str] = if i == 2 { &["--fail-after", "6"] } else { &[] };
+        let sim = devsim(&states[i], &uid, extra);
+        list.push_str(&format!("{} serial:{}\n", serials[i], sim.tty));
+        sims.push(sim);
+    }
+    let file = a.tmp.path().join("devices.txt");
+    std::fs::write(&file, &list).unwrap();
+    let mut args = vec![
+        "provision-batch",
+        "--devices",
+        file.to_str().unwrap(),
+        "--psk",
+    ];
+    args.extend(FAST);
+
+    let o = station_cli(&a, &args);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{text}{}", stderr(&o));
+    // plain progress (stdout is not a terminal): one line per step
+    assert!(
+        text.contains(&format!("{}  write        done", serials[0])),
+        "{text}"
+    );
+    for i in [0, 1, 3] {
+        let row = summary_row(&text, &serials[i]);
+        assert!(row.contains(" provisioned "), "{row}");
+        assert!(!row.contains("already"), "{row}");
+    }
+    let row = summary_row(&text, &serials[2]);
+    assert!(row.contains(" failed "), "{row}");
+    assert!(row.contains(" write "), "{row}");
+    assert!(row.contains("error[device_unreachable]: "), "{row}");
+    assert!(
+        text.contains("4 devices: 3 provisioned, 0 already provisioned, 1 failed"),
+        "{text}"
+    );
+
+    // the failed one's power back, same storage; the batch again
+    let uid = "c1c2c3c4c5c6c702";
+    sims[2] = devsim(&states[2], uid, &[]);
+    let list: String = serials
+        .iter()
+        .zip(&sims)
+        .map(|(s, sim)| format!("{s} /dev/{}\n", sim.tty.trim_start_matches("/dev/")))
+        .collect();
+    std::fs::write(&file, list).unwrap();
+    args.push("--json");
+    let o = station_cli(&a, &args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["provisioned"], 1, "{out}");
+    assert_eq!(v["already_provisioned"], 3, "{out}");
+    assert_eq!(v["failed"], 0, "{out}");
+    for (i, d) in v["devices"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(d["serial"], serials[i].as_str(), "{out}");
+        let want = if i == 2 {
+            "provisioned"
+        } else {
+            "already_provisioned"
+        };
+        assert_eq!(d["outcome"], want, "{out}");
+    }
+    for i in 0..4 {
+        assert_serial_device_provisioned(&a, &serials[i], &sims[i].tty, &states[i]);
+    }
 }

@@ -5,6 +5,62 @@
 
 pub mod pkcs11;
 
+use std::path::PathBuf;
+
+use crate::serial::{SerialDevice, SerialOptions};
+
+/// Where a device is, as given to `--device`: an RFC 7512 `pkcs11:` URI,
+/// or a serial line (`serial:TTY`, or a `/dev/…` path).
+#[derive(Clone, PartialEq, Eq)]
+pub enum DeviceAddress {
+    /// A PKCS#11 token (the whole URI).
+    Pkcs11(String),
+    /// A tty.
+    Serial(PathBuf),
+}
+
+/// A `pkcs11:` URI may carry `pin-value=`: only its path part is shown.
+impl std::fmt::Debug for DeviceAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceAddress::Pkcs11(uri) => {
+                let path = uri.split('?').next().unwrap_or_default();
+                write!(f, "Pkcs11({path:?}…)")
+            }
+            DeviceAddress::Serial(tty) => write!(f, "Serial({tty:?})"),
+        }
+    }
+}
+
+impl DeviceAddress {
+    /// The address `s` names, or `None` when it is neither form.
+    pub fn parse(s: &str) -> Option<DeviceAddress> {
+        if s.get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:"))
+        {
+            return Some(DeviceAddress::Pkcs11(s.to_owned()));
+        }
+        let tty = s
+            .strip_prefix("serial:")
+            .or_else(|| s.starts_with("/dev/").then_some(s))?;
+        (!tty.is_empty()).then(|| DeviceAddress::Serial(PathBuf::from(tty)))
+    }
+
+    /// Opens the device; `serial` sets a serial line's timeouts.
+    pub fn open(&self, serial: &SerialOptions) -> Result<Box<dyn DeviceLink>, crate::Error> {
+        Ok(match self {
+            DeviceAddress::Pkcs11(uri) => {
+                // Loading and initialising a PKCS#11 module from several
+                // threads at once is not something every module survives.
+                static OPENING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+                let _one = OPENING.lock().unwrap_or_else(|p| p.into_inner());
+                Box::new(pkcs11::Pkcs11Device::open(uri)?)
+            }
+            DeviceAddress::Serial(tty) => Box::new(SerialDevice::open_with(tty, serial.clone())?),
+        })
+    }
+}
+
 /// What a device holds now (read back at every step, so a re-run resumes).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceStatus {

@@ -10,7 +10,10 @@
 //! ([`Client::keypair`]); they are held in zeroizing buffers and written to
 //! files reserved beforehand ([`ReservedFile`], [`KeypairFiles`]).
 //! [`init_station`] makes the station's own key and CSR; [`batch`] enrols a
-//! CSV of devices concurrently and resumably.
+//! CSV of devices concurrently and resumably. [`provision`] runs one
+//! device's whole provisioning over a [`device::DeviceLink`] (a PKCS#11
+//! token or a [`serial`] line); [`provision_batch`] runs it on several
+//! devices at once.
 //!
 //! It depends on none of the server crates: the wire shapes it needs are
 //! declared here.
@@ -27,6 +30,7 @@ mod fsutil;
 mod init;
 mod output;
 pub mod provision;
+pub mod provision_batch;
 mod record;
 pub mod serial;
 

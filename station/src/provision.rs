@@ -7,6 +7,15 @@
 //! issued for the same key) or a second PSK (never asked for when the
 //! device holds one), or stops with what an officer must decide.
 //!
+//! A certificate is checked the same way whether it comes from the
+//! appliance (first run) or is found on the device (re-run): it certifies
+//! the device's key, its subject's serialNumber and CN are the module
+//! serial, and its subjectAltName carries `URI:urn:uuid:<hardware UUID>`.
+//! The first run refuses (`invalid_response`) and writes nothing to the
+//! device when the appliance's certificate fails a check; a re-run refuses
+//! (`device_already_holds`) a certificate on the device that fails one. So
+//! a run never writes what a later run would refuse.
+//!
 //! Hardware UUID (UUIDv8, name-based with SHA-256, RFC 9562 §B.2):
 //! `h = SHA-256(NAMESPACE_BYTES ‖ UID)` with [`HW_UUID_NAMESPACE`] as 16
 //! raw bytes and UID the MCU unique ID as read from the device; the UUID is
@@ -122,6 +131,17 @@ fn step(step: &'static str, outcome: &'static str, detail: impl Into<String>) ->
     }
 }
 
+/// The steps, in the order they run.
+pub const STEPS: [&str; 7] = [
+    "uid",
+    "key",
+    "certificate",
+    "write",
+    "psk",
+    "lock",
+    "record",
+];
+
 /// Runs the whole flow (see the module documentation); `progress` hears
 /// each step as it ends.
 pub fn provision(
@@ -130,6 +150,20 @@ pub fn provision(
     opts: &ProvisionOptions,
     progress: &mut dyn FnMut(&StepOutcome),
 ) -> Result<ProvisionReport> {
+    let mut at = STEPS[0];
+    provision_tracked(device, client, opts, progress, &mut at)
+}
+
+/// [`provision`], with `at` set to each step of [`STEPS`] as it starts:
+/// after an error, the step that failed.
+pub fn provision_tracked(
+    device: &mut dyn DeviceLink,
+    client: &Client,
+    opts: &ProvisionOptions,
+    progress: &mut dyn FnMut(&StepOutcome),
+    at: &mut &'static str,
+) -> Result<ProvisionReport> {
+    *at = "uid";
     let serial = opts.serial.as_str();
     check_serial(serial)?;
     if let Some(r) = &opts.record {
@@ -155,6 +189,7 @@ pub fn provision(
         &mut steps,
     );
 
+    *at = "key";
     // 2. Key: generated on the device unless it has one.
     let status = device.status()?;
     let spki = match &status.public_key {
@@ -183,6 +218,7 @@ pub fn provision(
         .map_err(|e| Error::DeviceRefused(format!("the device's public key is not P-256: {e}")))?;
     let key_hash = hex::encode(Sha256::digest(&spki));
 
+    *at = "certificate";
     // 3. Certificate: from the device if it holds one for this key and
     // module, else enrolled at the appliance and written.
     let status = device.status()?;
@@ -212,8 +248,27 @@ pub fn provision(
                 .map_err(|_| Error::Unreachable("re-encoding a decoded key"))?;
             if leaf_spki != spki {
                 return Err(Error::InvalidResponse(
-                    "the certificate does not certify the device's public key".into(),
+                    "the certificate does not certify the device's public key; nothing was \
+                     written to the device"
+                        .into(),
                 ));
+            }
+            // What a re-run would refuse to find on the device is never
+            // written to it.
+            match names_module(&leaf, serial, &uuid) {
+                Ok(()) => {}
+                Err(Naming::Module(subject)) => {
+                    return Err(Error::InvalidResponse(format!(
+                        "the certificate names another module ({subject}), not {serial}; \
+                         nothing was written to the device"
+                    )))
+                }
+                Err(Naming::Uuid) => {
+                    return Err(Error::InvalidResponse(format!(
+                        "the certificate does not name hardware UUID {uuid} \
+                         (subjectAltName URI:urn:uuid:{uuid}); nothing was written to the device"
+                    )))
+                }
             }
             let how = if enrolled.newly_issued {
                 ("done", "issued")
@@ -236,6 +291,7 @@ pub fn provision(
                 .map(|c| c.to_der())
                 .collect::<der::Result<Vec<_>>>()
                 .map_err(|_| Error::Unreachable("re-encoding a decoded certificate"))?;
+            *at = "write";
             device.put_certificates(&leaf_der, &chain_der)?;
             if device.status()?.certificate.as_deref() != Some(&leaf_der[..]) {
                 return Err(Error::DeviceRefused(
@@ -257,6 +313,7 @@ pub fn provision(
         }
     };
 
+    *at = "psk";
     // 4. PSK, unless the device holds one.
     let status = device.status()?;
     if !opts.psk {
@@ -299,6 +356,7 @@ pub fn provision(
         note(step("psk", "done", "PSK injected"), &mut steps);
     }
 
+    *at = "lock";
     // 5. Lock.
     if device.status()?.locked {
         note(step("lock", "already", "the device is locked"), &mut steps);
@@ -312,6 +370,7 @@ pub fn provision(
         note(step("lock", "done", "locked down"), &mut steps);
     }
 
+    *at = "record";
     // 6. Provisioning record, unless an equal one is attached.
     match &opts.record {
         None => note(step("record", "skipped", "no --record given"), &mut steps),
@@ -389,11 +448,54 @@ fn held_certificate(
             "a certificate for another key; an engineer must inspect the device".into(),
         ));
     }
-    let subject = cert.tbs_certificate.subject.to_string();
-    if !subject.contains(&format!("={serial}")) {
-        return Err(Error::DeviceHolds(format!(
-            "a certificate for another module ({subject}); check --serial"
-        )));
+    match names_module(&cert, serial, uuid) {
+        Ok(()) => {}
+        Err(Naming::Module(subject)) => {
+            return Err(Error::DeviceHolds(format!(
+                "a certificate for another module ({subject}); check --serial"
+            )))
+        }
+        Err(Naming::Uuid) => {
+            return Err(Error::DeviceHolds(format!(
+                "a certificate that does not name hardware UUID {uuid}"
+            )))
+        }
+    }
+    Ok(Some(hex::encode(
+        cert.tbs_certificate.serial_number.as_bytes(),
+    )))
+}
+
+/// How a certificate fails to name the module.
+enum Naming {
+    /// Its subject's serialNumber/CN is not the module serial (the subject).
+    Module(String),
+    /// Its subjectAltName lacks `URI:urn:uuid:<uuid>`.
+    Uuid,
+}
+
+/// The checks a certificate must pass to be on the device, whether it was
+/// found there (a re-run) or just enrolled (the first run): the subject's
+/// serialNumber and CN (each one present, at least one) are the module
+/// serial, and the subjectAltName names the hardware UUID. The key is
+/// checked by the callers.
+fn names_module(cert: &Certificate, serial: &str, uuid: &str) -> std::result::Result<(), Naming> {
+    const SERIAL_NUMBER: der::oid::ObjectIdentifier =
+        der::oid::ObjectIdentifier::new_unwrap("2.5.4.5");
+    const CN: der::oid::ObjectIdentifier = der::oid::ObjectIdentifier::new_unwrap("2.5.4.3");
+    let subject = &cert.tbs_certificate.subject;
+    let mut named = false;
+    for atv in subject.0.iter().flat_map(|rdn| rdn.0.iter()) {
+        if atv.oid != SERIAL_NUMBER && atv.oid != CN {
+            continue;
+        }
+        if directory_string(&atv.value).as_deref() != Some(serial) {
+            return Err(Naming::Module(subject.to_string()));
+        }
+        named = true;
+    }
+    if !named {
+        return Err(Naming::Module(subject.to_string()));
     }
     let urn = format!("urn:uuid:{uuid}");
     let names_uuid = cert
@@ -407,14 +509,30 @@ fn held_certificate(
                     if u.as_str().eq_ignore_ascii_case(&urn))
             })
         });
-    if !names_uuid {
-        return Err(Error::DeviceHolds(format!(
-            "a certificate that does not name hardware UUID {uuid}"
-        )));
+    if names_uuid {
+        Ok(())
+    } else {
+        Err(Naming::Uuid)
     }
-    Ok(Some(hex::encode(
-        cert.tbs_certificate.serial_number.as_bytes(),
-    )))
+}
+
+/// A UTF8String, PrintableString or IA5String attribute value.
+fn directory_string(value: &der::Any) -> Option<String> {
+    use der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+    value
+        .decode_as::<Utf8StringRef<'_>>()
+        .map(|s| s.as_str().to_owned())
+        .or_else(|_| {
+            value
+                .decode_as::<PrintableStringRef<'_>>()
+                .map(|s| s.as_str().to_owned())
+        })
+        .or_else(|_| {
+            value
+                .decode_as::<Ia5StringRef<'_>>()
+                .map(|s| s.as_str().to_owned())
+        })
+        .ok()
 }
 
 /// The CSR: subject serialNumber and CN = module serial, SAN

@@ -445,7 +445,45 @@ fn station_provision_over_the_serial_line() {
     assert!(status.certificate.is_some());
     assert!(status.public_key.is_some());
     assert_eq!(app.issued.load(std::sync::atomic::Ordering::SeqCst), 1);
-    // (a re-run is not checked here: the fake appliance's openssl-issued
-    // certificates lack the hardware-UUID SAN, which the resume check
-    // rightly refuses)
+    drop(dev);
+
+    // a re-run finds everything on the device and changes nothing
+    let o = provision(&sim.tty);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("already provisioned; nothing changed"),
+        "{out}"
+    );
+    assert!(!out.contains(" done "), "{out}");
+    assert_eq!(app.issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_certificate_without_the_uuid_is_never_written() {
+    // the fake appliance leaves the hardware-UUID SAN out for …-000777:
+    // the first run refuses it as a re-run would, and writes nothing
+    let pki = common::make_pki("vBus internal CA (test)");
+    let app = common::start_appliance(&pki);
+    let sim = devsim(&["--uid", "0807060504030201"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_station"))
+        .args(["--url", &app.url(), "--credential", "station", "provision"])
+        .args(["--serial", "VBUS-CPU-2412-000777", "--device"])
+        .arg(format!("serial:{}", sim.tty))
+        .current_dir(pki.dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.starts_with("error[invalid_response]: "), "{err}");
+    assert!(err.contains("does not name hardware UUID"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    let mut dev = SerialDevice::open_with(&sim.tty, fast()).unwrap();
+    let status = dev.status().unwrap();
+    assert!(status.public_key.is_some());
+    assert_eq!(status.certificate, None);
+    assert!(!status.locked);
 }

@@ -60,6 +60,39 @@ Exit status: 0 provisioned (or already provisioned: nothing changed);
 device_refused, device_already_holds, provision_stopped, the appliance's
 code for a refusal such as module_type_not_allowed, transport_error, ...).";
 
+const PROVISION_BATCH_HELP: &str = "\
+Output: with a terminal, a progress line per device; otherwise (or piped)
+one line per step as it ends (`SERIAL STEP OUTCOME DETAIL`). Then a table:
+each device provisioned, already provisioned (nothing changed), or failed
+with the step (open, uid, key, certificate, write, psk, lock) and
+`error[<code>]: <message>`. --json prints only the final result.
+
+Exit status: 0 every device provisioned or already provisioned; 1 some
+device failed, or the list or the credential could not be used.";
+
+/// The serial line's timeouts (`--device serial:…`).
+#[derive(clap::Args, Clone, Copy)]
+struct SerialArgs {
+    /// Serial devices: milliseconds to wait for a reply.
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    serial_timeout: u64,
+    /// Serial devices: milliseconds to wait for GEN_KEY and SIGN.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    serial_slow_timeout: u64,
+}
+
+impl SerialArgs {
+    fn options(self) -> station::serial::SerialOptions {
+        station::serial::SerialOptions {
+            timeout: Duration::from_millis(self.serial_timeout),
+            slow_timeout: Duration::from_millis(self.serial_slow_timeout),
+            ..station::serial::SerialOptions::default()
+        }
+    }
+}
+
 /// Images at least this large get a progress bar while they are hashed.
 const PROGRESS_FROM: u64 = 16 * 1024 * 1024;
 
@@ -234,6 +267,28 @@ enum Command {
         /// Provisioning record to attach (JSON, as for `station record`).
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
+        #[command(flatten)]
+        line: SerialArgs,
+    },
+    /// Provision several devices at once: the flow of `provision` for each
+    /// device of a list, each in a thread of its own, with a progress line
+    /// per device and a summary (provisioned, already provisioned, failed
+    /// with the step and the error). Running it again resumes every device.
+    #[command(after_help = PROVISION_BATCH_HELP)]
+    ProvisionBatch {
+        /// The devices: one `SERIAL DEVICE` a line (DEVICE as for
+        /// `provision --device`); blank lines and `#` comments are ignored.
+        #[arg(long, value_name = "FILE")]
+        devices: PathBuf,
+        /// Devices provisioned at once (1-256).
+        #[arg(long, value_name = "N", default_value_t = station::provision_batch::DEFAULT_JOBS,
+              value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: u16,
+        /// Inject each device's PSK (fetched once from the appliance).
+        #[arg(long)]
+        psk: bool,
+        #[command(flatten)]
+        line: SerialArgs,
     },
     /// Check a firmware image against its signed manifest before flashing,
     /// as the bootloader will: the manufacturer's signature over the whole
@@ -419,7 +474,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             device,
             psk,
             record,
-        } => provision(cli, serial, device, *psk, record.as_deref()),
+            line,
+        } => provision(cli, serial, device, *psk, record.as_deref(), *line),
+        Command::ProvisionBatch {
+            devices,
+            jobs,
+            psk,
+            line,
+        } => provision_batch(cli, devices, usize::from(*jobs), *psk, *line),
         Command::VerifyFirmware {
             manifest,
             image,
@@ -529,6 +591,7 @@ fn provision(
     device_uri: &str,
     psk: bool,
     record: Option<&Path>,
+    line: SerialArgs,
 ) -> anyhow::Result<ExitCode> {
     let record = match record {
         Some(file) => {
@@ -542,23 +605,14 @@ fn provision(
         None => None,
     };
     let client = client(cli)?;
-    let mut device: Box<dyn station::device::DeviceLink> = if device_uri
-        .get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:"))
-    {
-        Box::new(station::device::pkcs11::Pkcs11Device::open(device_uri)?)
-    } else if let Some(tty) = device_uri
-        .strip_prefix("serial:")
-        .or_else(|| device_uri.starts_with("/dev/").then_some(device_uri))
-    {
-        Box::new(station::serial::SerialDevice::open(tty)?)
-    } else {
+    let Some(address) = station::device::DeviceAddress::parse(device_uri) else {
         return Err(Coded {
             code: "usage_error",
             message: "--device: a pkcs11: URI, serial:TTY or a /dev/... tty path".into(),
         }
         .into());
     };
+    let mut device = address.open(&line.options())?;
     let opts = station::provision::ProvisionOptions {
         serial: serial.to_owned(),
         psk,
@@ -583,6 +637,125 @@ fn provision(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `station provision-batch`.
+fn provision_batch(
+    cli: &Cli,
+    devices_file: &Path,
+    jobs: usize,
+    psk: bool,
+    line: SerialArgs,
+) -> anyhow::Result<ExitCode> {
+    use station::provision_batch::{self as pb, Event, Outcome};
+    let devices = pb::read_devices(devices_file)?;
+    let client = client(cli)?;
+    let opts = pb::BatchProvisionOptions {
+        jobs,
+        psk,
+        serial: line.options(),
+    };
+    let width = devices.iter().map(|d| d.serial.len()).max().unwrap_or(0);
+    let live = !cli.json && std::io::stdout().is_terminal();
+    let multi = indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+    let bars: Vec<ProgressBar> = devices
+        .iter()
+        .map(|d| {
+            let bar = if live {
+                multi.add(ProgressBar::new_spinner())
+            } else {
+                ProgressBar::hidden()
+            };
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix} {wide_msg}") {
+                bar.set_style(style);
+            }
+            bar.set_prefix(format!("{:<width$}", d.serial));
+            bar.set_message("waiting");
+            bar
+        })
+        .collect();
+    let json = cli.json;
+    let events = |event: Event<'_>| match event {
+        Event::Started { index, device } => {
+            if let Some(bar) = bars.get(index).filter(|_| live) {
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar.set_message("starting");
+            } else if !json {
+                println!("{:<width$}  start        {}", device.serial, device.shown);
+            }
+        }
+        Event::Step {
+            index,
+            device,
+            step,
+        } => {
+            if let Some(bar) = bars.get(index).filter(|_| live) {
+                bar.set_message(format!("{} {}: {}", step.step, step.outcome, step.detail));
+            } else if !json {
+                println!(
+                    "{:<width$}  {:<12} {:<8} {}",
+                    device.serial, step.step, step.outcome, step.detail
+                );
+            }
+        }
+        Event::Finished { index, result } => {
+            let what = match (&result.code, &result.message) {
+                (Some(code), Some(message)) => format!(
+                    "failed at {}: error[{code}]: {message}",
+                    result.step.unwrap_or("?")
+                ),
+                _ => result.outcome.as_str().to_owned(),
+            };
+            if let Some(bar) = bars.get(index).filter(|_| live) {
+                bar.finish_with_message(what);
+            } else if !json {
+                println!("{:<width$}  {what}", result.serial);
+            }
+        }
+    };
+    let results = pb::provision_batch(&client, &devices, &opts, &events);
+    let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
+    let (done, already, failed) = (
+        count(Outcome::Provisioned),
+        count(Outcome::AlreadyProvisioned),
+        count(Outcome::Failed),
+    );
+    if json {
+        print_json(&json!({
+            "devices": results,
+            "provisioned": done,
+            "already_provisioned": already,
+            "failed": failed,
+        }))?;
+    } else {
+        println!();
+        println!(
+            "{:<width$}  {:<20} {:<12} error",
+            "serial", "result", "step"
+        );
+        for r in &results {
+            let error = match (&r.code, &r.message) {
+                (Some(code), Some(message)) => format!("error[{code}]: {message}"),
+                _ => String::new(),
+            };
+            println!(
+                "{:<width$}  {:<20} {:<12} {error}",
+                r.serial,
+                r.outcome.as_str(),
+                r.step.unwrap_or("")
+            );
+        }
+        println!();
+        println!(
+            "{} devices: {done} provisioned, {already} already provisioned, {failed} failed",
+            results.len()
+        );
+    }
+    Ok(if failed == 0 && results.len() == devices.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// A local refusal with its stable code, for failures that are neither a

@@ -185,7 +185,8 @@ impl FakeAppliance {
 ///   the stored certificate again for the same key (200), 409
 ///   `device_already_certified` for another key. Serial `…-000429` gets
 ///   429 `quota_exceeded`; `…-000502` an HTML 502; `…-000666` a
-///   certificate for some other key.
+///   certificate for some other key; `…-000777` one without the CSR's
+///   subjectAltName (the others carry it, copied from the CSR).
 /// - `GET /v1/devices/{serial}`, `POST …/record`, `GET /healthz`.
 pub fn start_appliance(pki: &Pki) -> FakeAppliance {
     let d = pki.dir.path();
@@ -421,6 +422,14 @@ fn enroll(
             "ext.cnf",
             "-extensions",
             "device",
+            // the CSR's subjectAltName (the hardware-UUID URI), as the
+            // appliance puts it in; `…-000777` gets a certificate without it
+            "-copy_extensions",
+            if serial.ends_with("-000777") {
+                "none"
+            } else {
+                "copy"
+            },
             "-out",
             out.to_str().unwrap(),
         ],
