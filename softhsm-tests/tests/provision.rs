@@ -903,3 +903,32 @@ fn provision_batch_drives_several_serial_devices_and_resumes_the_failed_one() {
         assert_serial_device_provisioned(&a, &serials[i], &sims[i].tty, &states[i]);
     }
 }
+
+#[test]
+fn an_appliance_that_is_down_mid_way_leaves_a_state_a_rerun_finishes() {
+    let mut a = Running::start();
+    let serial = "VBUS-CPU-2412-000601";
+    let state = a.tmp.path().join("devsim-601");
+    let sim = devsim(&state, "8899aabbccddeeff", &[]);
+    // The appliance goes away (stopped, as in a restart or a network
+    // outage): the device gets its key, the enrolment cannot happen.
+    a.stop();
+    let o = provision_serial(&a, serial, &sim.tty);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.starts_with("error[transport_error]: "), "{err}");
+    let (_, status) = device_status(&sim.tty);
+    assert!(status.public_key.is_some());
+    assert_eq!(status.certificate, None);
+    assert!(status.secrets.is_empty() && !status.locked, "{status:?}");
+    // Back: the re-run keeps the key and finishes, one certificate, one PSK.
+    a.restart();
+    let text = ok(provision_serial(&a, serial, &sim.tty));
+    assert!(text.contains(&format!("{serial}: provisioned")), "{text}");
+    assert!(text.contains("key          already"), "{text}");
+    assert_serial_device_provisioned(&a, serial, &sim.tty, &state);
+    assert_eq!(certificates(&a, serial), 1);
+    drop(sim);
+    a.stop();
+    assert_eq!(psk_issuances(&a, serial), 1);
+}
