@@ -932,3 +932,42 @@ fn an_appliance_that_is_down_mid_way_leaves_a_state_a_rerun_finishes() {
     a.stop();
     assert_eq!(psk_issuances(&a, serial), 1);
 }
+
+#[test]
+fn a_station_over_its_quota_stops_with_the_appliance_code_and_only_the_key_on_the_device() {
+    // The hourly window must not roll over mid-test: start well inside one.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if secs % 3600 > 3540 {
+        std::thread::sleep(Duration::from_secs(3600 - secs % 3600 + 1));
+    }
+    let a = Running::start_with(|dir| {
+        softhsm_tests::edit_file(
+            &dir.join("policy.toml"),
+            "modules = [\"CPU\", \"PWR\", \"PERIPH\", \"COMM\"]",
+            "modules = [\"CPU\", \"PWR\", \"PERIPH\", \"COMM\"]\nper_hour = 1",
+        );
+    });
+    let first = devsim(&a.tmp.path().join("devsim-701"), "0101010101010101", &[]);
+    ok(provision_serial(&a, "VBUS-CPU-2412-000701", &first.tty));
+    let second = devsim(&a.tmp.path().join("devsim-702"), "0202020202020202", &[]);
+    let serial = "VBUS-CPU-2412-000702";
+    let o = provision_serial(&a, serial, &second.tty);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.starts_with("error[quota_exceeded]: "), "{err}");
+    let (_, status) = device_status(&second.tty);
+    assert!(status.public_key.is_some());
+    assert_eq!(status.certificate, None);
+    assert!(status.secrets.is_empty() && !status.locked, "{status:?}");
+    // Nothing at the appliance either.
+    let (code, body) = a.curl(
+        Some("stations/station-01"),
+        &format!("/v1/devices/{serial}"),
+        &[],
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("device_not_found"), "{body}");
+}
