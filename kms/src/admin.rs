@@ -357,6 +357,18 @@ pub struct BackupRequest {
     pub out: Option<String>,
 }
 
+/// The refusal for a peer that is neither root nor the service's own user
+/// (the socket is 0600 already; this holds if its mode is ever loosened).
+fn refuse_foreign_peer(peer: &PeerUid) -> Option<Response> {
+    if matches!(peer.0, Some(uid) if uid == 0 || Some(uid) == own_uid()) {
+        return None;
+    }
+    tracing::warn!(uid = ?peer.0, "admin socket: peer refused");
+    Some(error_response(&Error::InvalidInput(
+        "the admin socket serves the service's own user and root only".into(),
+    )))
+}
+
 /// Bytes per chunk of the backup stream.
 const BACKUP_CHUNK: usize = 256 * 1024;
 
@@ -370,11 +382,8 @@ async fn backup(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !matches!(peer.0, Some(uid) if uid == 0 || Some(uid) == own_uid()) {
-        tracing::warn!(uid = ?peer.0, "admin socket: peer refused");
-        return error_response(&Error::InvalidInput(
-            "the admin socket serves the service's own user and root only".into(),
-        ));
+    if let Some(refused) = refuse_foreign_peer(&peer) {
+        return refused;
     }
     let who = caller(&headers, peer);
     let req: BackupRequest = if body.is_empty() {
@@ -544,12 +553,8 @@ async fn handle(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    // The socket is 0600 already; refuse anyone but our user and root anyway.
-    if !matches!(peer.0, Some(uid) if uid == 0 || Some(uid) == own_uid()) {
-        tracing::warn!(uid = ?peer.0, "admin socket: peer refused");
-        return error_response(&Error::InvalidInput(
-            "the admin socket serves the service's own user and root only".into(),
-        ));
+    if let Some(refused) = refuse_foreign_peer(&peer) {
+        return refused;
     }
     let who = caller(&headers, peer);
     let req: Request = match serde_json::from_slice(&body) {

@@ -53,7 +53,23 @@ impl SoftHsm {
             dir,
             label: label.to_owned(),
         };
-        let mut init = hsm.command("softhsm2-util");
+        hsm.init_token(label);
+        hsm
+    }
+
+    /// Initialise one more token labelled `label` (same SO and user PIN)
+    /// in this installation; its directory under `tokens/`.
+    pub fn init_token(&self, label: &str) -> PathBuf {
+        let tokens = self.dir().join("tokens");
+        let listing = || -> Vec<PathBuf> {
+            fs::read_dir(&tokens)
+                .expect("token dir")
+                .flatten()
+                .map(|e| e.path())
+                .collect()
+        };
+        let before = listing();
+        let mut init = self.command("softhsm2-util");
         init.args([
             "--init-token",
             "--free",
@@ -70,7 +86,10 @@ impl SoftHsm {
             "softhsm2-util --init-token failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        hsm
+        listing()
+            .into_iter()
+            .find(|p| !before.contains(p))
+            .expect("the new token's directory")
     }
 
     /// The directory holding the config, the tokens and the PIN file.

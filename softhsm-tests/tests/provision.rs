@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use softhsm_tests::{bin, ok, run, Running, SoftHsm, MODULE, SO_PIN, USER_PIN};
+use softhsm_tests::{bin, ok, run, Running, SoftHsm, MODULE, USER_PIN};
 use station::device::pkcs11::Pkcs11Device;
 use station::device::{DeviceLink, DeviceStatus};
 use station::provision::{provision, ProvisionOptions};
@@ -35,33 +35,7 @@ impl Devices {
 
     /// A fresh token labelled `label`; its directory.
     fn add(&self, label: &str) -> PathBuf {
-        let tokens = self.hsm.dir().join("tokens");
-        let before: Vec<_> = std::fs::read_dir(&tokens)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        let out = run(self.hsm.command("softhsm2-util").args([
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--so-pin",
-            SO_PIN,
-            "--pin",
-            USER_PIN,
-        ]));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::read_dir(&tokens)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| !before.contains(p))
-            .unwrap()
+        self.hsm.init_token(label)
     }
 
     fn uri(&self, label: &str) -> String {
