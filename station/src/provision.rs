@@ -235,6 +235,13 @@ pub fn provision_tracked(
             sn
         }
         None => {
+            if status.locked {
+                // It could never take the certificate: do not have one issued.
+                return Err(Error::ProvisionStopped(format!(
+                    "the device is locked with a key but no certificate; {serial} cannot be \
+                     certified on it (nothing was asked of the appliance)"
+                )));
+            }
             let csr = device_csr(device, &public, serial, &uuid)?;
             let enrolled = client.enroll(serial, &uuid, &csr)?;
             let leaf = Certificate::from_pem(enrolled.certificate.trim().as_bytes())
@@ -314,8 +321,9 @@ pub fn provision_tracked(
     };
 
     *at = "psk";
-    // 4. PSK, unless the device holds one.
-    let status = device.status()?;
+    // 4. PSK, unless the device holds one. On a fixture the line can
+    // outlive the board: the device must still be the one certified above.
+    let status = same_device(device, &uid, &spki)?;
     if !opts.psk {
         note(step("psk", "skipped", "not asked for (--psk)"), &mut steps);
     } else if status.secrets.iter().any(|s| s == PSK_NAME) {
@@ -341,11 +349,25 @@ pub fn provision_tracked(
             Err(e) => return Err(e),
         };
         if let Err(e) = device.put_secret(PSK_NAME, &psk) {
-            return Err(Error::ProvisionStopped(format!(
-                "the appliance issued the PSK of {serial} but the device did not store it ({e}); \
-                 it is lost: an officer must allow a rotation (kmsctl escrow allow-rotation \
-                 {serial} --purpose psk) before provisioning again"
-            )));
+            // The write may have landed with only its answer lost: only a
+            // fresh status that lacks the PSK makes it lost.
+            return Err(match device.status() {
+                Ok(s) if s.secrets.iter().any(|n| n == PSK_NAME) => {
+                    Error::ProvisionStopped(format!(
+                        "the device stored the PSK of {serial} but its answer was lost ({e}); run \
+                     provisioning again (it will go on from the lock); do not ask for a rotation"
+                    ))
+                }
+                Ok(_) => Error::ProvisionStopped(format!(
+                    "the appliance issued the PSK of {serial} but the device did not store it \
+                     ({e}); it is lost: an officer must allow a rotation (kmsctl escrow \
+                     allow-rotation {serial} --purpose psk) before provisioning again"
+                )),
+                Err(_) => Error::ProvisionStopped(format!(
+                    "the PSK of {serial} may or may not have been stored ({e}) and the device \
+                     does not answer; run provisioning again before anyone allows a rotation"
+                )),
+            });
         }
         drop(psk);
         if !device.status()?.secrets.iter().any(|s| s == PSK_NAME) {
@@ -358,7 +380,7 @@ pub fn provision_tracked(
 
     *at = "lock";
     // 5. Lock.
-    if device.status()?.locked {
+    if same_device(device, &uid, &spki)?.locked {
         note(step("lock", "already", "the device is locked"), &mut steps);
     } else {
         device.lock()?;
@@ -610,6 +632,24 @@ fn verify_signed_by(child: &Certificate, issuer: &Certificate, i: usize) -> Resu
 
 fn const_oid_ecdsa_sha256() -> der::oid::ObjectIdentifier {
     der::oid::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2")
+}
+
+/// The device's status, once it is checked to still be the device this run
+/// started with (same UID, same identity key).
+fn same_device(device: &mut dyn DeviceLink, uid: &[u8], spki: &[u8]) -> Result<DeviceStatus> {
+    if device.uid()? != uid {
+        return Err(Error::DeviceRefused(
+            "another device is on the line now (its UID changed); nothing more was written".into(),
+        ));
+    }
+    let status = device.status()?;
+    if status.public_key.as_deref() != Some(spki) {
+        return Err(Error::DeviceRefused(
+            "the device's identity key changed during provisioning; nothing more was written"
+                .into(),
+        ));
+    }
+    Ok(status)
 }
 
 #[cfg(test)]
