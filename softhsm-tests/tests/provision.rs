@@ -953,3 +953,92 @@ fn a_station_over_its_quota_stops_with_the_appliance_code_and_only_the_key_on_th
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("device_not_found"), "{body}");
 }
+
+/// A fixture whose line reaches another board once `swap` is set: every
+/// call from then on goes to `second`.
+struct Swapped {
+    first: Pkcs11Device,
+    second: Pkcs11Device,
+    swap: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Swapped {
+    fn now(&mut self) -> &mut Pkcs11Device {
+        if self.swap.load(std::sync::atomic::Ordering::SeqCst) {
+            &mut self.second
+        } else {
+            &mut self.first
+        }
+    }
+}
+
+impl DeviceLink for Swapped {
+    fn uid(&mut self) -> Result<Vec<u8>, station::Error> {
+        self.now().uid()
+    }
+    fn status(&mut self) -> Result<DeviceStatus, station::Error> {
+        self.now().status()
+    }
+    fn generate_key(&mut self) -> Result<Vec<u8>, station::Error> {
+        self.now().generate_key()
+    }
+    fn sign(&mut self, m: &[u8]) -> Result<Vec<u8>, station::Error> {
+        self.now().sign(m)
+    }
+    fn put_certificates(&mut self, c: &[u8], chain: &[Vec<u8>]) -> Result<(), station::Error> {
+        self.now().put_certificates(c, chain)
+    }
+    fn put_secret(&mut self, name: &str, s: &[u8]) -> Result<(), station::Error> {
+        self.now().put_secret(name, s)
+    }
+    fn lock(&mut self) -> Result<(), station::Error> {
+        self.now().lock()
+    }
+}
+
+#[test]
+fn a_board_swapped_on_the_fixture_mid_way_gets_no_psk_and_no_lock() {
+    let a = Running::start();
+    let devs = Devices::new();
+    devs.hsm.export_env();
+    devs.add("dev-0301");
+    devs.add("dev-0302");
+    let cred = station::Credential::from_dir(&a.credential("stations/station-01")).unwrap();
+    let client = station::Client::new(&a.url(""), &cred).unwrap();
+    let swap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut link = Swapped {
+        first: Pkcs11Device::open(&devs.uri("dev-0301")).unwrap(),
+        second: Pkcs11Device::open(&devs.uri("dev-0302")).unwrap(),
+        swap: swap.clone(),
+    };
+    let serial = "VBUS-CPU-2412-000301";
+    let opts = ProvisionOptions {
+        serial: serial.into(),
+        psk: true,
+        record: None,
+    };
+    let err = provision(&mut link, &client, &opts, &mut |s| {
+        // The certificate is on the first board: the next one is put on
+        // the fixture.
+        if s.step == "write" {
+            swap.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap_err();
+    drop(link);
+    assert_eq!(err.code(), "device_refused", "{err}");
+    assert!(
+        err.to_string().contains("another device is on the line"),
+        "{err}"
+    );
+    // The second board got nothing, and the appliance issued no PSK.
+    let second = devs.objects("dev-0302");
+    assert_eq!(count(&second, "Secret Key Object"), 0, "{second}");
+    assert_eq!(count(&second, "Private Key Object"), 0, "{second}");
+    let (status, body) = a.curl(
+        Some("stations/station-01"),
+        &format!("/v1/devices/{serial}/psk"),
+        &["-X", "POST"],
+    );
+    assert_eq!(status, 201, "a PSK was issued before: {body}");
+}
