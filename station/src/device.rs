@@ -19,16 +19,29 @@ pub enum DeviceAddress {
     Serial(PathBuf),
 }
 
-/// A `pkcs11:` URI may carry `pin-value=`: only its path part is shown.
+/// A `pkcs11:` URI may carry `pin-value=`: it is shown [`redacted`].
 impl std::fmt::Debug for DeviceAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DeviceAddress::Pkcs11(uri) => {
-                let path = uri.split('?').next().unwrap_or_default();
-                write!(f, "Pkcs11({path:?}…)")
-            }
+            DeviceAddress::Pkcs11(uri) => write!(f, "Pkcs11({:?}…)", redacted(uri)),
             DeviceAddress::Serial(tty) => write!(f, "Serial({tty:?})"),
         }
+    }
+}
+
+/// A device address as it may be shown: without the query of a `pkcs11:`
+/// URI and without any `pin-…` attribute, even one misplaced in its path.
+pub fn redacted(text: &str) -> String {
+    let path = text.split('?').next().unwrap_or_default();
+    match path.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("pkcs11:") => {
+            let kept: Vec<&str> = path[7..]
+                .split(';')
+                .filter(|a| !a.trim_start().to_ascii_lowercase().starts_with("pin-"))
+                .collect();
+            format!("{scheme}{}", kept.join(";"))
+        }
+        _ => path.to_owned(),
     }
 }
 
@@ -98,4 +111,29 @@ pub trait DeviceLink {
     fn put_secret(&mut self, name: &str, secret: &[u8]) -> Result<(), crate::Error>;
     /// Lock down: no more writes.
     fn lock(&mut self) -> Result<(), crate::Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn no_pin_is_shown_wherever_it_was_put() {
+        let cases = [
+            (
+                "pkcs11:token=dev-1?module-path=/m.so&pin-value=1234",
+                "pkcs11:token=dev-1",
+            ),
+            (
+                "pkcs11:token=dev-1;pin-value=1234?module-path=/m.so",
+                "pkcs11:token=dev-1",
+            ),
+            ("PKCS11:PIN-SOURCE=/p;token=x", "PKCS11:token=x"),
+            ("serial:/dev/pts/3", "serial:/dev/pts/3"),
+        ];
+        for (given, shown) in cases {
+            assert_eq!(redacted(given), shown, "{given}");
+            assert!(!format!("{:?}", super::DeviceAddress::parse(given)).contains("1234"));
+        }
+    }
 }

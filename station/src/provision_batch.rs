@@ -70,7 +70,7 @@ pub fn parse_devices(path: &Path, text: &str) -> Result<Vec<DeviceLine>> {
             ));
         };
         check_serial(serial).map_err(|e| bad(line, e.to_string()))?;
-        let shown = device.split('?').next().unwrap_or_default().to_owned();
+        let shown = crate::device::redacted(device);
         let address = DeviceAddress::parse(device).ok_or_else(|| {
             bad(
                 line,

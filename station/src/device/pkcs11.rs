@@ -162,7 +162,7 @@ impl DeviceUri {
                 "slot-id" => {
                     selector.slot_id = Some(
                         v.parse()
-                            .map_err(|_| bad(format!("slot-id {v:?} is not a number")))?,
+                            .map_err(|_| bad("slot-id is not a number".to_owned()))?,
                     );
                     continue;
                 }

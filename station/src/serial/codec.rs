@@ -461,7 +461,6 @@ impl Packet {
 /// first delimiter and between frames are resynchronised on: whatever
 /// precedes a delimiter is one frame candidate, and a bad candidate costs
 /// only itself. Empty candidates (back-to-back delimiters) are skipped.
-#[derive(Default)]
 pub struct FrameDecoder {
     buf: Zeroizing<Vec<u8>>,
     overflow: bool,
@@ -470,6 +469,18 @@ pub struct FrameDecoder {
 impl fmt::Debug for FrameDecoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "FrameDecoder({} bytes pending)", self.buf.len())
+    }
+}
+
+impl Default for FrameDecoder {
+    /// Its buffer is allocated once at its largest, so a frame carrying a
+    /// secret is never left behind in a freed, outgrown copy; the buffer
+    /// itself is wiped when dropped.
+    fn default() -> Self {
+        FrameDecoder {
+            buf: Zeroizing::new(Vec::with_capacity(MAX_ENCODED + 1)),
+            overflow: false,
+        }
     }
 }
 
