@@ -326,10 +326,29 @@ impl Service {
             .stderr(log)
             .spawn()
             .unwrap();
-        let service = Service(child);
-        let (status, body) = wait_for(&format!("http://127.0.0.1:{port}/healthz"));
-        assert_eq!(status, 200, "{body}");
-        service
+        let mut service = Service(child);
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (status, body) = curl(&url);
+            if status == 200 {
+                return service;
+            }
+            // A kmsd that exited will never answer: say why at once.
+            if let Ok(Some(exit)) = service.0.try_wait() {
+                let log = fs::read_to_string(dir.join("kmsd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "kmsd exited ({exit}) before answering on {url}; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kmsd did not answer 200 on {url} within 60 s: {status} {body}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM and wait; the exit status.
