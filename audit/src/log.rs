@@ -528,6 +528,22 @@ impl Log {
     /// follow, and the files never meet a full disk in normal operation
     /// (a write that does is undone, see [`Log::append`]). Once per log.
     pub fn keep_free(&self, bytes: u64, dirs: Vec<PathBuf>) {
+        // Each file system once: in the usual layout the store shares the
+        // log's, and every append would otherwise ask twice. A directory not
+        // made yet is kept (its file system is not known until it exists).
+        let device = |d: &Path| rustix::fs::stat(d).ok().map(|st| st.st_dev);
+        let mut seen: Vec<u64> = device(&self.dir).into_iter().collect();
+        let dirs = dirs
+            .into_iter()
+            .filter(|d| match device(d) {
+                Some(dev) if seen.contains(&dev) => false,
+                Some(dev) => {
+                    seen.push(dev);
+                    true
+                }
+                None => true,
+            })
+            .collect();
         let _ = self.reserve.set(Reserve { bytes, dirs });
     }
 
